@@ -1,0 +1,178 @@
+// Checkpoint glue between Tensors and the buffer-level safetensors reader/writer.
+#include "apps/common/checkpoint.h"
+
+#include <cstring>
+#include <sstream>
+
+namespace sparrow {
+
+StEntry tensor_to_entry(const Tensor& t) {
+  Tensor c = t.device() == Device::CPU ? t : t.to(Device::CPU);
+  StEntry e;
+  e.dtype = dtype_name(c.dtype());
+  e.shape.assign(c.shape().begin(), c.shape().end());
+  e.data.resize(c.nbytes());
+  if (!e.data.empty()) std::memcpy(e.data.data(), c.raw_data(), c.nbytes());
+  return e;
+}
+
+Tensor entry_to_tensor(const StEntry& e, const std::string& what) {
+  DType dt;
+  if (e.dtype == "F32") dt = DType::F32;
+  else if (e.dtype == "F64") dt = DType::F64;
+  else if (e.dtype == "I32") dt = DType::I32;
+  else if (e.dtype == "I64") dt = DType::I64;
+  else if (e.dtype == "U8") dt = DType::U8;
+  else SPARROW_FAIL(what, ": dtype ", e.dtype, " is not supported by sparrow");
+  Tensor t = Tensor::empty(Shape(e.shape.begin(), e.shape.end()), dt);
+  SPARROW_CHECK(e.data.size() == t.nbytes(), what, ": ", e.data.size(), " bytes for shape ", t.shape_str());
+  if (t.nbytes()) std::memcpy(t.raw_data(), e.data.data(), t.nbytes());
+  return t;
+}
+
+std::string widths_to_string(const std::vector<int>& w) {
+  std::string s;
+  for (size_t i = 0; i < w.size(); ++i) s += (i ? "," : "") + std::to_string(w[i]);
+  return s;
+}
+
+std::vector<int> parse_widths(const std::string& s, const std::string& what) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t used = 0;
+      const int v = std::stoi(item, &used);
+      if (used != item.size() || v <= 0) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      SPARROW_FAIL(what, ": bad width '", item, "' in '", s, "' (expected positive integers separated by commas)");
+    }
+  }
+  return out;
+}
+
+StFile make_checkpoint(Model& model, const Sgd* opt, const LoopPosition& pos,
+                       const std::map<std::string, std::string>& metadata) {
+  StFile f;
+  f.metadata = metadata;
+  const ModelSpec& spec = model.spec();
+  f.metadata["format"] = "sparrow-checkpoint-1";
+  f.metadata["model"] = spec.name;
+  f.metadata["classes"] = std::to_string(spec.classes);
+  f.metadata["in_channels"] = std::to_string(spec.in_channels);
+  f.metadata["widths"] = widths_to_string(spec.widths);
+  f.metadata["classifier"] = spec.classifier;
+  f.metadata["epoch"] = std::to_string(pos.epoch);
+  f.metadata["batches_done"] = std::to_string(pos.batches_done);
+  f.metadata["global_step"] = std::to_string(pos.global_step);
+  for (auto& [name, t] : model.state_dict()) f.tensors[name] = tensor_to_entry(t);
+  for (auto& [name, m] : model.named_modules())
+    if (auto* d = dynamic_cast<Dropout*>(m)) {
+      uint64_t s[4];
+      d->rng.get_state(s);
+      f.tensors["rng." + name] = tensor_to_entry(
+          Tensor::from_vector<int64_t>({4}, {int64_t(s[0]), int64_t(s[1]), int64_t(s[2]), int64_t(s[3])}));
+    }
+  if (opt) {
+    f.metadata["lr"] = str(opt->lr());
+    const auto names = model.named_parameters();
+    auto& bufs = const_cast<Sgd*>(opt)->momentum_buffers();
+    for (size_t i = 0; i < opt->params().size(); ++i) {
+      std::string name = "param" + std::to_string(i);
+      for (auto& [n, p] : names)
+        if (p.same(opt->params()[i])) name = n;
+      if (bufs[i].defined()) f.tensors["optim.momentum." + name] = tensor_to_entry(bufs[i]);
+      const Tensor& mask = opt->mask_of(i);
+      if (mask.defined()) f.tensors["optim.mask." + name] = tensor_to_entry(mask);
+    }
+  }
+  return f;
+}
+
+void save_checkpoint(const std::string& path, const StFile& file) { write_safetensors(path, file); }
+
+namespace {
+const std::string& meta(const StFile& f, const std::string& key, const std::string& path) {
+  auto it = f.metadata.find(key);
+  SPARROW_CHECK(it != f.metadata.end(), path, ": not a sparrow checkpoint (metadata has no '", key, "')");
+  return it->second;
+}
+int meta_int(const StFile& f, const std::string& key, const std::string& path) {
+  const std::string& v = meta(f, key, path);
+  try {
+    return std::stoi(v);
+  } catch (const std::exception&) {
+    SPARROW_FAIL(path, ": metadata '", key, "' = '", v, "' is not an integer");
+  }
+}
+}  // namespace
+
+ModelSpec checkpoint_model_spec(const StFile& f, const std::string& path) {
+  ModelSpec spec;
+  spec.name = meta(f, "model", path);
+  spec.classes = meta_int(f, "classes", path);
+  spec.in_channels = meta_int(f, "in_channels", path);
+  spec.widths = parse_widths(meta(f, "widths", path), path + " metadata 'widths'");
+  auto it = f.metadata.find("classifier");
+  if (it != f.metadata.end()) spec.classifier = it->second;
+  return spec;
+}
+
+ModelPtr load_model_from_checkpoint(const std::string& path, StFile* file_out) {
+  StFile f = read_safetensors(path);
+  ModelPtr m = make_model(checkpoint_model_spec(f, path), 0);
+  restore_checkpoint(f, path, *m, nullptr, nullptr);
+  if (file_out) *file_out = std::move(f);
+  return m;
+}
+
+void restore_checkpoint(const StFile& f, const std::string& path, Model& model, Sgd* opt, LoopPosition* pos) {
+  const ModelSpec want = checkpoint_model_spec(f, path);
+  const ModelSpec& have = model.spec();
+  SPARROW_CHECK(want.name == have.name && want.widths == have.widths && want.classes == have.classes &&
+                    want.in_channels == have.in_channels,
+                path, ": checkpoint is for ", want.name, " widths [", widths_to_string(want.widths), "] classes ",
+                want.classes, " in_channels ", want.in_channels, ", but the run uses ", have.name, " widths [",
+                widths_to_string(have.widths), "] classes ", have.classes, " in_channels ", have.in_channels);
+  StateDict sd;
+  for (auto& [name, t] : model.state_dict()) {
+    auto it = f.tensors.find(name);
+    SPARROW_CHECK(it != f.tensors.end(), path, ": checkpoint lacks '", name, "'");
+    sd[name] = entry_to_tensor(it->second, path + " '" + name + "'");
+  }
+  model.load_state_dict(sd);
+  for (auto& [name, m] : model.named_modules())
+    if (auto* d = dynamic_cast<Dropout*>(m)) {
+      auto it = f.tensors.find("rng." + name);
+      if (it == f.tensors.end()) continue;
+      auto v = entry_to_tensor(it->second, path).to_vector<int64_t>();
+      SPARROW_CHECK(v.size() == 4, path, ": bad rng state for ", name);
+      uint64_t s[4] = {uint64_t(v[0]), uint64_t(v[1]), uint64_t(v[2]), uint64_t(v[3])};
+      d->rng.set_state(s);
+    }
+  if (opt) {
+    const auto names = model.named_parameters();
+    for (size_t i = 0; i < opt->params().size(); ++i) {
+      std::string name;
+      for (auto& [n, p] : names)
+        if (p.same(opt->params()[i])) name = n;
+      auto mit = f.tensors.find("optim.mask." + name);
+      if (mit != f.tensors.end()) opt->set_mask(opt->params()[i], entry_to_tensor(mit->second, path).to(opt->params()[i].device()));
+      auto it = f.tensors.find("optim.momentum." + name);
+      if (it != f.tensors.end()) {
+        Tensor b = entry_to_tensor(it->second, path);
+        SPARROW_CHECK(b.shape() == opt->params()[i].shape(), path, ": momentum for '", name, "' has shape ",
+                      b.shape_str());
+        opt->momentum_buffers()[i] = b.to(opt->params()[i].device());
+      }
+    }
+  }
+  if (pos) {
+    pos->epoch = meta_int(f, "epoch", path);
+    pos->batches_done = std::stoll(meta(f, "batches_done", path));
+    pos->global_step = std::stoll(meta(f, "global_step", path));
+  }
+}
+
+}  // namespace sparrow

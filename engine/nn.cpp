@@ -1,0 +1,302 @@
+// Module bookkeeping and the basic layers.
+#include "engine/nn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "engine/base/nvtx.h"
+#include "engine/sparse.h"
+
+namespace sparrow {
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, child] : children_) child->train(on);
+}
+
+Tensor& Module::register_parameter(const std::string& name, Tensor t) {
+  t.set_requires_grad(true);
+  params_.emplace_back(name, t);
+  return params_.back().second;
+}
+
+Tensor& Module::register_buffer(const std::string& name, Tensor t) {
+  buffers_.emplace_back(name, t);
+  return buffers_.back().second;
+}
+
+void Module::collect(const std::string& prefix, bool params, std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (const auto& [name, t] : params ? params_ : buffers_)
+    if (t.defined()) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", params, out);
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", true, out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_buffers() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", false, out);
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out{{"", this}};
+  for (auto& [name, child] : children_)
+    for (auto& [sub, m] : child->named_modules()) out.emplace_back(sub.empty() ? name : name + "." + sub, m);
+  return out;
+}
+
+void Module::replace_parameter(const std::string& name, const std::string& new_name, Tensor t) {
+  for (auto& entry : params_)
+    if (entry.first == name) {
+      t.set_requires_grad(true);
+      entry = {new_name, t};
+      return;
+    }
+  SPARROW_FAIL(type_name(), ": no parameter '", name, "' to replace");
+}
+
+void Module::remove_buffer(const std::string& name) {
+  auto it = std::find_if(buffers_.begin(), buffers_.end(), [&](const auto& e) { return e.first == name; });
+  SPARROW_CHECK(it != buffers_.end(), type_name(), ": no buffer '", name, "' to remove");
+  buffers_.erase(it);
+}
+
+void Module::set_transient(const std::string& name, bool on) {
+  auto it = std::find(transient_.begin(), transient_.end(), name);
+  if (on && it == transient_.end()) transient_.push_back(name);
+  if (!on && it != transient_.end()) transient_.erase(it);
+}
+
+void Module::collect_state(const std::string& prefix, StateDict& sd) const {
+  sync_state();
+  auto saved = [&](const std::string& n) { return std::find(transient_.begin(), transient_.end(), n) == transient_.end(); };
+  for (const auto& list : {&params_, &buffers_})
+    for (const auto& [name, t] : *list)
+      if (t.defined() && saved(name)) sd[prefix + name] = t;
+  for (const auto& [name, child] : children_) child->collect_state(prefix + name + ".", sd);
+}
+
+StateDict Module::state_dict() const {
+  StateDict sd;
+  collect_state("", sd);
+  return sd;
+}
+
+void Module::load_state_dict(const StateDict& sd, bool strict) {
+  StateDict mine = state_dict();
+  std::set<std::string> used;
+  for (auto& [name, dst] : mine) {
+    auto it = sd.find(name);
+    if (it == sd.end()) {
+      SPARROW_CHECK(!strict, "state dict is missing '", name, "' (shape ", dst.shape_str(), ")");
+      continue;
+    }
+    SPARROW_CHECK(it->second.shape() == dst.shape(), "state dict entry '", name, "' has shape ",
+                  it->second.shape_str(), ", the model expects ", dst.shape_str());
+    Tensor src = it->second;
+    if (src.device() != Device::CPU && dst.device() == Device::CPU) src = src.to(Device::CPU);
+    if (src.dtype() != dst.dtype()) src = src.to(Device::CPU).to(dst.dtype());
+    Tensor d = dst;
+    d.copy_(src);
+    used.insert(name);
+  }
+  if (strict)
+    for (auto& [name, t] : sd)
+      SPARROW_CHECK(used.count(name), "state dict has an unexpected entry '", name, "' (shape ", t.shape_str(), ")");
+  for (auto& [name, m] : named_modules()) m->after_load();
+}
+
+void Module::to(Device device) {
+  for (auto& [name, t] : named_parameters()) Tensor(t).move_to_(device);
+  for (auto& [name, t] : named_buffers()) Tensor(t).move_to_(device);
+}
+
+void Module::zero_grad() {
+  for (auto& [name, t] : named_parameters()) t.impl().grad = nullptr;
+}
+
+// ---------------------------------------------------------------- init
+
+namespace {
+int64_t fan_in_of(const Tensor& w) { return w.dim() >= 2 ? w.numel() / w.size(0) : w.numel(); }
+}  // namespace
+
+void init_kaiming_normal(Tensor& w, Rng& rng) {
+  const double std = std::sqrt(2.0 / double(fan_in_of(w)));
+  w.copy_(Tensor::randn(w.shape(), rng, 0.0, std, w.dtype()));
+}
+
+void init_kaiming_uniform_default(Tensor& w, Rng& rng) {
+  // kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a²) fan_in)) = 1 / sqrt(fan_in).
+  const double bound = 1.0 / std::sqrt(double(fan_in_of(w)));
+  w.copy_(Tensor::uniform(w.shape(), rng, -bound, bound, w.dtype()));
+}
+
+void init_bias_default(Tensor& b, int64_t fan_in, Rng& rng) {
+  const double bound = fan_in > 0 ? 1.0 / std::sqrt(double(fan_in)) : 0.0;
+  b.copy_(Tensor::uniform(b.shape(), rng, -bound, bound, b.dtype()));
+}
+
+// ---------------------------------------------------------------- dense or sparse weight
+
+const SparseWeight& WeightLayer::sparse() const {
+  SPARROW_CHECK(sparse_, type_name(), ": the weight is dense (call make_sparse first)");
+  return *sparse_;
+}
+
+void WeightLayer::rebuild_from(const Tensor& dense, const Tensor& mask) {
+  sparse_ = sparse_from_dense(dense, mask);
+  replace_parameter("weight_values", "weight_values", sparse_->values);
+  remove_buffer("weight_pattern");
+  register_buffer("weight_pattern", sparse_->pattern);
+  NoGradGuard ng;
+  weight.copy_(sparse_->to_dense());
+  Tensor(buffer_mask_).copy_(mask.to(weight.dtype()));
+}
+
+void WeightLayer::make_sparse(const Tensor& mask) {
+  SPARROW_CHECK(mask.shape() == weight.shape(), type_name(), ": mask of shape ", mask.shape_str(), " for a weight of shape ",
+                weight.shape_str());
+  if (sparse_) {
+    rebuild_from(dense_weight(), mask);
+    return;
+  }
+  sparse_ = sparse_from_dense(weight, mask);
+  replace_parameter("weight", "weight_values", sparse_->values);
+  // The old parameter becomes the dense export buffer (same handle, no gradient, pruned entries zero).
+  weight.set_requires_grad(false);
+  weight.impl().grad = nullptr;
+  {
+    NoGradGuard ng;
+    weight.copy_(sparse_->to_dense());
+  }
+  register_buffer("weight", weight);
+  buffer_mask_ = register_buffer("weight_mask", mask.to(Device::CPU).to(weight.dtype()).clone());
+  register_buffer("weight_pattern", sparse_->pattern);
+  set_transient("weight_values", true);
+  set_transient("weight_pattern", true);
+}
+
+void WeightLayer::make_dense() {
+  if (!sparse_) return;
+  Tensor w = dense_weight();
+  remove_buffer("weight");
+  remove_buffer("weight_mask");
+  remove_buffer("weight_pattern");
+  set_transient("weight_values", false);
+  set_transient("weight_pattern", false);
+  replace_parameter("weight_values", "weight", w);
+  buffer_mask_ = Tensor();
+  sparse_ = nullptr;
+}
+
+Tensor WeightLayer::dense_weight() const {
+  if (sparse_) {
+    NoGradGuard ng;
+    Tensor(weight).copy_(sparse_->to_dense());
+  }
+  return weight;
+}
+
+Tensor WeightLayer::forward_weight() const {
+  return sparse_ ? scatter_to_dense(sparse_->values, sparse_->pattern, sparse_->dense_shape) : weight;
+}
+
+void WeightLayer::sync_state() const { dense_weight(); }
+
+void WeightLayer::after_load() {
+  if (!sparse_) return;
+  // weight and weight_mask hold what was loaded; the mask is the authority for the pattern.
+  const std::vector<double> m = buffer_mask_.to_vector<double>();
+  const int64_t* p = sparse_->pattern.data<int64_t>();
+  int64_t kept = 0;
+  bool same = true;
+  for (double v : m) kept += v != 0.0;
+  same = kept == sparse_->nnz();
+  for (int64_t i = 0; same && i < sparse_->nnz(); ++i) same = m[size_t(p[i])] != 0.0;
+  if (same) {
+    NoGradGuard ng;
+    Tensor(sparse_->values).copy_(gather_at(weight, sparse_->pattern));
+    weight.copy_(sparse_->to_dense());
+  } else {
+    rebuild_from(weight.clone(), buffer_mask_.clone());
+  }
+}
+
+// ---------------------------------------------------------------- layers
+
+Conv2d::Conv2d(int cin, int cout, int k, int stride, int pad, bool with_bias, Rng& rng)
+    : cin(cin), cout(cout), k(k), stride(stride), pad(pad) {
+  SPARROW_CHECK(cin > 0 && cout > 0 && k > 0, "Conv2d: bad channels ", cin, "->", cout, " or kernel ", k);
+  weight = register_parameter("weight", Tensor::empty({cout, cin, k, k}));
+  init_kaiming_uniform_default(weight, rng);
+  if (with_bias) {
+    bias = register_parameter("bias", Tensor::empty({cout}));
+    init_bias_default(bias, int64_t(cin) * k * k, rng);
+  }
+}
+
+Tensor Conv2d::forward(const Tensor& x) {
+  Tensor y = conv2d(x, forward_weight(), bias, stride, pad);
+  last_output_shape = y.shape();
+  return y;
+}
+
+Linear::Linear(int in, int out, bool with_bias, Rng& rng) : in(in), out(out) {
+  SPARROW_CHECK(in > 0 && out > 0, "Linear: bad sizes ", in, "->", out);
+  weight = register_parameter("weight", Tensor::empty({out, in}));
+  init_kaiming_uniform_default(weight, rng);
+  if (with_bias) {
+    bias = register_parameter("bias", Tensor::empty({out}));
+    init_bias_default(bias, in, rng);
+  }
+}
+
+Tensor Linear::forward(const Tensor& x) {
+  Tensor y = linear(x, forward_weight(), bias);
+  last_output_shape = y.shape();
+  return y;
+}
+
+BatchNorm2d::BatchNorm2d(int c, double momentum, double eps) : c(c), momentum(momentum), eps(eps) {
+  weight = register_parameter("weight", Tensor::ones({c}));
+  bias = register_parameter("bias", Tensor::zeros({c}));
+  running_mean = register_buffer("running_mean", Tensor::zeros({c}));
+  running_var = register_buffer("running_var", Tensor::ones({c}));
+  num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::I64));
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  if (is_training()) {
+    if (num_batches_tracked.device() == Device::CPU) num_batches_tracked.data<int64_t>()[0] += 1;
+    else num_batches_tracked.copy_(Tensor::full({}, num_batches_tracked.item() + 1, DType::I64));
+  }
+  Tensor y = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  last_output_shape = y.shape();
+  return y;
+}
+
+void Sequential::push_back(ModulePtr m) {
+  register_module(std::to_string(layers_.size()), m);
+  layers_.push_back(std::move(m));
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (auto& m : layers_) h = m->forward(h);
+  return h;
+}
+
+}  // namespace sparrow

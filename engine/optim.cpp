@@ -1,0 +1,133 @@
+// SGD exactly as torch.optim.SGD (with masks), and the LR schedules.
+#include "engine/optim.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "engine/ops.h"
+#include "engine/base/nvtx.h"
+
+namespace sparrow {
+
+Sgd::Sgd(std::vector<Tensor> params, SgdConfig cfg) : params_(std::move(params)), cfg_(cfg) {
+  SPARROW_CHECK(cfg.lr >= 0, "SGD: negative learning rate ", cfg.lr);
+  SPARROW_CHECK(cfg.momentum >= 0, "SGD: negative momentum ", cfg.momentum);
+  SPARROW_CHECK(!cfg.nesterov || (cfg.momentum > 0 && cfg.dampening == 0),
+                "SGD: Nesterov needs momentum > 0 and zero dampening");
+  bufs_.resize(params_.size());
+  masks_.resize(params_.size());
+  wd_.assign(params_.size(), cfg.weight_decay);
+}
+
+int Sgd::index_of(const Tensor& p) const {
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i].same(p)) return int(i);
+  SPARROW_FAIL("SGD: tensor is not one of the optimiser's parameters");
+}
+
+void Sgd::set_weight_decay(const Tensor& p, double wd) { wd_[size_t(index_of(p))] = wd; }
+
+void Sgd::set_mask(const Tensor& p, const Tensor& mask) {
+  SPARROW_CHECK(mask.shape() == p.shape() && mask.dtype() == p.dtype(), "SGD mask of shape ", mask.shape_str(),
+                " for a parameter of shape ", p.shape_str());
+  const size_t i = size_t(index_of(p));
+  masks_[i] = mask;
+  // Enforce at once: pruned weights and their momentum are zero from now on.
+  Tensor param = p;
+  NoGradGuard ng;
+  param.copy_(mul(param.detach(), mask));
+  if (bufs_[i].defined()) bufs_[i].copy_(mul(bufs_[i], mask));
+}
+
+namespace {
+template <typename T>
+void sgd_update(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdConfig& c, double wd) {
+  const T lr = T(c.lr), mom = T(c.momentum), damp = T(1 - c.dampening), decay = T(wd);
+#pragma omp parallel for if (n > 65536) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    if (mask && mask[i] == T(0)) {
+      p[i] = T(0);
+      if (buf) buf[i] = T(0);
+      continue;
+    }
+    T d = g[i] + decay * p[i];
+    if (buf) {
+      buf[i] = first ? d : mom * buf[i] + damp * d;
+      d = c.nesterov ? d + mom * buf[i] : buf[i];
+    }
+    p[i] -= lr * d;
+  }
+}
+}  // namespace
+
+void Sgd::step() {
+  SPARROW_NVTX_RANGE("sgd_step");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    SPARROW_CHECK(p.device() == Device::CPU, "SGD on CUDA parameters is not available in this build yet");
+    const bool first = cfg_.momentum != 0 && !bufs_[i].defined();
+    if (first) bufs_[i] = Tensor::empty(p.shape(), p.dtype(), p.device());
+    const bool use_buf = cfg_.momentum != 0;
+    if (p.dtype() == DType::F64)
+      sgd_update<double>(p.numel(), p.data<double>(), g.data<double>(), use_buf ? bufs_[i].data<double>() : nullptr,
+                         masks_[i].defined() ? masks_[i].data<double>() : nullptr, first, cfg_, wd_[i]);
+    else
+      sgd_update<float>(p.numel(), p.data<float>(), g.data<float>(), use_buf ? bufs_[i].data<float>() : nullptr,
+                        masks_[i].defined() ? masks_[i].data<float>() : nullptr, first, cfg_, wd_[i]);
+  }
+}
+
+void Sgd::zero_grad() {
+  for (auto& p : params_) p.impl().grad = nullptr;
+}
+
+double LrSchedule::lr_at(int epoch) const {
+  switch (kind) {
+    case Constant: return base_lr;
+    case MultiStep: {
+      double lr = base_lr;
+      for (int m : milestones)
+        if (epoch >= m) lr *= gamma;
+      return lr;
+    }
+    case Cosine: {
+      const double t = std::min(epoch, total_epochs);
+      return eta_min + (base_lr - eta_min) * (1 + std::cos(M_PI * t / double(total_epochs))) / 2;
+    }
+  }
+  return base_lr;
+}
+
+LrSchedule parse_schedule(const std::string& spec, double base_lr, int total_epochs, double gamma) {
+  LrSchedule s;
+  s.base_lr = base_lr;
+  s.total_epochs = std::max(1, total_epochs);
+  s.gamma = gamma;
+  if (spec == "constant" || spec.empty()) return s;
+  if (spec == "cosine") {
+    s.kind = LrSchedule::Cosine;
+    return s;
+  }
+  if (spec.rfind("multistep:", 0) == 0) {
+    s.kind = LrSchedule::MultiStep;
+    std::stringstream ss(spec.substr(10));
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      try {
+        size_t used = 0;
+        int m = std::stoi(item, &used);
+        SPARROW_CHECK(used == item.size() && m >= 0, "");
+        s.milestones.push_back(m);
+      } catch (...) {
+        SPARROW_FAIL("--schedule: bad milestone '", item, "' in '", spec, "' (expected multistep:E1,E2,...)");
+      }
+    }
+    SPARROW_CHECK(!s.milestones.empty(), "--schedule: no milestones in '", spec, "'");
+    return s;
+  }
+  SPARROW_FAIL("--schedule: unknown schedule '", spec, "' (expected constant, cosine or multistep:E1,E2,...)");
+}
+
+}  // namespace sparrow

@@ -1,0 +1,107 @@
+// Scatter/gather between a fixed sparse pattern (sorted flat indices) and the dense weight, on CPU
+// (float and double). The sparse kernels replace the masked-dense path later; these ops stay its oracle.
+#include "engine/sparse.h"
+
+namespace sparrow {
+
+namespace {
+
+void check_pattern(const Tensor& pattern, int64_t dense_numel, const char* op) {
+  SPARROW_CHECK(pattern.dtype() == DType::I64 && pattern.dim() == 1, op, ": pattern must be a 1-D I64 tensor, got ",
+                dtype_name(pattern.dtype()), " ", pattern.shape_str());
+  SPARROW_CHECK(pattern.device() == Device::CPU, op, " has no CUDA path in this build yet; run it with --device cpu");
+  const int64_t* p = pattern.data<int64_t>();
+  for (int64_t i = 0, n = pattern.numel(); i < n; ++i)
+    SPARROW_CHECK(p[i] >= 0 && p[i] < dense_numel && (i == 0 || p[i] > p[i - 1]), op, ": pattern entry ", i, " = ",
+                  p[i], " is out of range [0, ", dense_numel, ") or not strictly ascending");
+}
+
+template <typename F>
+void dispatch(const Tensor& t, const char* op, F&& f) {
+  if (t.dtype() == DType::F32) f(float{});
+  else if (t.dtype() == DType::F64) f(double{});
+  else SPARROW_FAIL(op, ": unsupported dtype ", dtype_name(t.dtype()), " (expected F32 or F64)");
+}
+
+Tensor scatter_raw(const Tensor& values, const Tensor& pattern, const Shape& shape) {
+  Tensor d = Tensor::zeros(shape, values.dtype());
+  dispatch(values, "scatter_to_dense", [&](auto t) {
+    using T = decltype(t);
+    const int64_t* p = pattern.data<int64_t>();
+    const T* v = values.data<T>();
+    T* out = d.data<T>();
+    for (int64_t i = 0, n = pattern.numel(); i < n; ++i) out[p[i]] = v[i];
+  });
+  return d;
+}
+
+Tensor gather_raw(const Tensor& dense, const Tensor& pattern) {
+  Tensor v = Tensor::empty({pattern.numel()}, dense.dtype());
+  dispatch(dense, "gather_at", [&](auto t) {
+    using T = decltype(t);
+    const int64_t* p = pattern.data<int64_t>();
+    const T* in = dense.data<T>();
+    T* out = v.data<T>();
+    for (int64_t i = 0, n = pattern.numel(); i < n; ++i) out[i] = in[p[i]];
+  });
+  return v;
+}
+
+}  // namespace
+
+Tensor scatter_to_dense(const Tensor& values, const Tensor& pattern, const Shape& dense_shape) {
+  check_float(values, "scatter_to_dense", "values");
+  SPARROW_CHECK(values.dim() == 1 && values.numel() == pattern.numel(), "scatter_to_dense: ", values.numel(),
+                " values for a pattern of ", pattern.numel(), " entries");
+  SPARROW_CHECK(values.device() == Device::CPU, "scatter_to_dense has no CUDA path in this build yet; run it with --device cpu");
+  check_pattern(pattern, shape_numel(dense_shape), "scatter_to_dense");
+  Tensor y = scatter_raw(values, pattern, dense_shape);
+  return record(y, "scatter_to_dense", {values}, [pattern](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{gather_raw(g, pattern)};
+  });
+}
+
+Tensor gather_at(const Tensor& dense, const Tensor& pattern) {
+  check_float(dense, "gather_at", "dense");
+  SPARROW_CHECK(dense.device() == Device::CPU, "gather_at has no CUDA path in this build yet; run it with --device cpu");
+  check_pattern(pattern, dense.numel(), "gather_at");
+  Tensor y = gather_raw(dense, pattern);
+  Shape shape = dense.shape();
+  return record(y, "gather_at", {dense}, [pattern, shape](const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{scatter_raw(g, pattern, shape)};
+  });
+}
+
+std::shared_ptr<SparseWeight> sparse_from_dense(const Tensor& w, const Tensor& mask) {
+  check_float(w, "sparse_from_dense", "w");
+  SPARROW_CHECK(mask.shape() == w.shape(), "sparse_from_dense: mask ", mask.shape_str(), " for a weight of shape ",
+                w.shape_str());
+  SPARROW_CHECK(w.device() == Device::CPU, "sparse_from_dense has no CUDA path in this build yet");
+  const std::vector<double> m = mask.to_vector<double>();
+  std::vector<int64_t> idx;
+  for (size_t i = 0; i < m.size(); ++i)
+    if (m[i] != 0.0) idx.push_back(int64_t(i));
+  auto s = std::make_shared<SparseWeight>();
+  s->dense_shape = w.shape();
+  s->pattern = Tensor::from_vector<int64_t>({int64_t(idx.size())}, idx);
+  s->values = gather_raw(w.detach(), s->pattern);
+  return s;
+}
+
+Tensor SparseWeight::to_dense() const { return scatter_raw(values.detach(), pattern, dense_shape); }
+
+Tensor SparseWeight::mask() const {
+  return scatter_raw(Tensor::ones({nnz()}, values.dtype()), pattern, dense_shape);
+}
+
+Tensor SparseWeight::row_offsets() const {
+  SPARROW_CHECK(!dense_shape.empty(), "SparseWeight::row_offsets of a 0-d weight");
+  const int64_t rows = dense_shape[0], row_len = rows ? dense_numel() / rows : 0;
+  std::vector<int64_t> off(size_t(rows) + 1, 0);
+  const int64_t* p = pattern.data<int64_t>();
+  for (int64_t i = 0; i < nnz(); ++i) ++off[size_t(p[i] / row_len) + 1];
+  for (size_t r = 1; r < off.size(); ++r) off[r] += off[r - 1];
+  return Tensor::from_vector<int64_t>({rows + 1}, off);
+}
+
+}  // namespace sparrow

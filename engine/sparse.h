@@ -1,0 +1,35 @@
+// Fixed-pattern sparse weights (DESIGN.md rule 5): a value vector over a sorted list of flat row-major
+// indices into the dense weight (Cout×Cin×Kh×Kw or Out×In), i.e. per output row the kept (ci, kh, kw) in
+// ascending order — the layout the sparse kernels read. Scatter/gather are the autograd bridge to dense.
+#pragma once
+#include <memory>
+
+#include "engine/autograd.h"
+#include "engine/tensor.h"
+
+namespace sparrow {
+
+struct SparseWeight {
+  Shape dense_shape;  // the weight's dense shape; dim 0 is the output row
+  Tensor pattern;     // I64 [nnz], strictly ascending flat indices into the dense weight
+  Tensor values;      // [nnz], the dense weight's dtype: the trainable parameter
+
+  int64_t nnz() const { return pattern.numel(); }
+  int64_t dense_numel() const { return shape_numel(dense_shape); }
+  double density() const { return dense_numel() ? double(nnz()) / double(dense_numel()) : 0.0; }
+  Tensor to_dense() const;  // values scattered into zeros, no autograd
+  Tensor mask() const;      // 1 at the pattern, 0 elsewhere, values' dtype
+  // CSR row offsets (I64 [rows+1]): row r's entries are pattern[off[r] .. off[r+1]).
+  Tensor row_offsets() const;
+};
+
+// Pattern = the nonzero entries of `mask` (same shape as w); values gathered from w (a fresh leaf).
+std::shared_ptr<SparseWeight> sparse_from_dense(const Tensor& w, const Tensor& mask);
+
+// Dense tensor of `dense_shape` holding values at pattern and zero elsewhere. Backward: dL/dvalues =
+// dL/ddense gathered at the pattern (writes a fresh tensor).
+Tensor scatter_to_dense(const Tensor& values, const Tensor& pattern, const Shape& dense_shape);
+// dense.flatten()[pattern]. Backward scatters into zeros of dense's shape.
+Tensor gather_at(const Tensor& dense, const Tensor& pattern);
+
+}  // namespace sparrow

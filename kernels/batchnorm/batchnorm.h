@@ -1,0 +1,61 @@
+// Batch normalisation over N×C×HW (NCHW; hw = H·W, 1 for BatchNorm1d). Per channel c:
+// train: mean/var over N·HW (biased var for normalising, unbiased for the running update with momentum).
+#pragma once
+#include <cstdint>
+
+namespace sparrow {
+
+struct BatchNormShape {
+  int n, c, hw;
+};
+
+// Training forward. Writes y, save_mean[c], save_invstd[c] = 1/sqrt(var+eps); updates
+// running_mean/var in place: r = (1−momentum)·r + momentum·stat (running_var takes the unbiased var).
+// gamma/beta may be null (affine off). running_* may be null (no tracking).
+template <typename T>
+void batchnorm_forward_train_cpu(const BatchNormShape& s, const T* x, const T* gamma, const T* beta, T* y,
+                                 T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                                 double momentum, double eps);
+// Eval forward with running statistics. Writes y.
+template <typename T>
+void batchnorm_forward_eval_cpu(const BatchNormShape& s, const T* x, const T* gamma, const T* beta,
+                                const T* running_mean, const T* running_var, double eps, T* y);
+// Training backward. Writes dx, dgamma, dbeta (dgamma/dbeta may be null).
+template <typename T>
+void batchnorm_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
+                                  const T* save_mean, const T* save_invstd, T* dx, T* dgamma, T* dbeta);
+// Eval backward (statistics are constants). Writes dx, dgamma, dbeta.
+template <typename T>
+void batchnorm_backward_eval_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
+                                 const T* running_mean, const T* running_var, double eps, T* dx, T* dgamma,
+                                 T* dbeta);
+
+// Plain two-pass references for tests (same contracts).
+template <typename T>
+void batchnorm_forward_train_ref_cpu(const BatchNormShape& s, const T* x, const T* gamma, const T* beta,
+                                     T* y, T* save_mean, T* save_invstd, T* running_mean, T* running_var,
+                                     double momentum, double eps);
+template <typename T>
+void batchnorm_backward_train_ref_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
+                                      const T* save_mean, const T* save_invstd, T* dx, T* dgamma, T* dbeta);
+
+}  // namespace sparrow
+
+#if SPARROW_HAS_CUDA
+namespace sparrow {
+// Device pointers, float, on the compute stream; same contracts as the CPU versions (nullable gamma,
+// beta, running statistics, dgamma, dbeta). Statistics are summed in double per (channel, slice of
+// images) and merged in a fixed order, so results are reproducible run to run.
+void batchnorm_forward_train_cuda(const BatchNormShape& s, const float* x, const float* gamma, const float* beta,
+                                  float* y, float* save_mean, float* save_invstd, float* running_mean,
+                                  float* running_var, double momentum, double eps);
+void batchnorm_forward_eval_cuda(const BatchNormShape& s, const float* x, const float* gamma, const float* beta,
+                                 const float* running_mean, const float* running_var, double eps, float* y);
+void batchnorm_backward_train_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
+                                   const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                   float* dbeta);
+void batchnorm_backward_eval_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
+                                  const float* running_mean, const float* running_var, double eps, float* dx,
+                                  float* dgamma, float* dbeta);
+}  // namespace sparrow
+#endif

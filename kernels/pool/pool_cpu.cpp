@@ -1,0 +1,167 @@
+// CPU pooling over NCHW: max (with argmax = iy·W + ix inside the input plane), average (padding counted in
+// the divisor, k·k) and global average. OpenMP over the N·C planes, which are independent in every op
+// (backward scatters stay inside their own plane, so no two threads write the same element).
+#include <cstdint>
+#include <limits>
+
+#include "engine/base/error.h"
+#include "kernels/pool/pool.h"
+
+namespace sparrow {
+
+namespace {
+
+constexpr int64_t kParallelMin = 1 << 15;
+
+void check_shape(const Pool2dShape& s, const char* op) {
+  SPARROW_CHECK(s.n > 0 && s.c > 0 && s.h > 0 && s.w > 0 && s.k > 0 && s.stride > 0 && s.pad >= 0, op,
+                ": invalid shape n=", s.n, " c=", s.c, " h=", s.h, " w=", s.w, " k=", s.k,
+                " stride=", s.stride, " pad=", s.pad);
+  SPARROW_CHECK(s.oh() > 0 && s.ow() > 0, op, ": window ", s.k, " larger than the padded input ",
+                s.h + 2 * s.pad, "x", s.w + 2 * s.pad);
+}
+
+}  // namespace
+
+template <typename T>
+void max_pool2d_forward_cpu(const Pool2dShape& s, const T* x, T* y, int32_t* argmax) {
+  check_shape(s, "max_pool2d_forward_cpu");
+  const int oh = s.oh(), ow = s.ow();
+  const int64_t planes = int64_t(s.n) * s.c;
+#pragma omp parallel for schedule(static) if (planes * s.h * s.w > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* xp = x + pl * s.h * s.w;
+    T* yp = y + pl * oh * ow;
+    int32_t* ap = argmax + pl * oh * ow;
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox) {
+        T best = -std::numeric_limits<T>::infinity();
+        int32_t arg = -1;
+        for (int ky = 0; ky < s.k; ++ky) {
+          const int iy = oy * s.stride - s.pad + ky;
+          if (iy < 0 || iy >= s.h) continue;
+          for (int kx = 0; kx < s.k; ++kx) {
+            const int ix = ox * s.stride - s.pad + kx;
+            if (ix < 0 || ix >= s.w) continue;
+            const T v = xp[iy * s.w + ix];
+            // NaN wins and sticks (PyTorch propagates NaN through max pooling); ties keep the first.
+            if (arg < 0 || v > best || (v != v && best == best)) {
+              best = v;
+              arg = iy * s.w + ix;
+            }
+          }
+        }
+        yp[oy * ow + ox] = arg < 0 ? T(0) : best;
+        ap[oy * ow + ox] = arg;
+      }
+  }
+}
+
+template <typename T>
+void max_pool2d_backward_cpu(const Pool2dShape& s, const T* dy, const int32_t* argmax, T* dx) {
+  check_shape(s, "max_pool2d_backward_cpu");
+  const int64_t out_plane = int64_t(s.oh()) * s.ow(), in_plane = int64_t(s.h) * s.w;
+  const int64_t planes = int64_t(s.n) * s.c;
+#pragma omp parallel for schedule(static) if (planes * in_plane > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* dxp = dx + pl * in_plane;
+    for (int64_t i = 0; i < in_plane; ++i) dxp[i] = T(0);
+    const T* dyp = dy + pl * out_plane;
+    const int32_t* ap = argmax + pl * out_plane;
+    for (int64_t o = 0; o < out_plane; ++o)
+      if (ap[o] >= 0) dxp[ap[o]] += dyp[o];
+  }
+}
+
+template <typename T>
+void avg_pool2d_forward_cpu(const Pool2dShape& s, const T* x, T* y) {
+  check_shape(s, "avg_pool2d_forward_cpu");
+  const int oh = s.oh(), ow = s.ow();
+  const int64_t planes = int64_t(s.n) * s.c;
+  const T inv = T(1) / T(s.k * s.k);
+#pragma omp parallel for schedule(static) if (planes * s.h * s.w > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* xp = x + pl * s.h * s.w;
+    T* yp = y + pl * oh * ow;
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox) {
+        T sum = T(0);
+        for (int ky = 0; ky < s.k; ++ky) {
+          const int iy = oy * s.stride - s.pad + ky;
+          if (iy < 0 || iy >= s.h) continue;
+          for (int kx = 0; kx < s.k; ++kx) {
+            const int ix = ox * s.stride - s.pad + kx;
+            if (ix >= 0 && ix < s.w) sum += xp[iy * s.w + ix];
+          }
+        }
+        yp[oy * ow + ox] = sum * inv;
+      }
+  }
+}
+
+template <typename T>
+void avg_pool2d_backward_cpu(const Pool2dShape& s, const T* dy, T* dx) {
+  check_shape(s, "avg_pool2d_backward_cpu");
+  const int oh = s.oh(), ow = s.ow();
+  const int64_t planes = int64_t(s.n) * s.c;
+  const T inv = T(1) / T(s.k * s.k);
+#pragma omp parallel for schedule(static) if (planes * s.h * s.w > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    T* dxp = dx + pl * s.h * s.w;
+    for (int64_t i = 0; i < int64_t(s.h) * s.w; ++i) dxp[i] = T(0);
+    const T* dyp = dy + pl * oh * ow;
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox) {
+        const T g = dyp[oy * ow + ox] * inv;
+        for (int ky = 0; ky < s.k; ++ky) {
+          const int iy = oy * s.stride - s.pad + ky;
+          if (iy < 0 || iy >= s.h) continue;
+          for (int kx = 0; kx < s.k; ++kx) {
+            const int ix = ox * s.stride - s.pad + kx;
+            if (ix >= 0 && ix < s.w) dxp[iy * s.w + ix] += g;
+          }
+        }
+      }
+  }
+}
+
+template <typename T>
+void global_avg_pool_forward_cpu(int n, int c, int hw, const T* x, T* y) {
+  SPARROW_CHECK(n > 0 && c > 0 && hw > 0, "global_avg_pool_forward_cpu: invalid shape n=", n, " c=", c,
+                " hw=", hw);
+  const int64_t planes = int64_t(n) * c;
+#pragma omp parallel for schedule(static) if (planes * hw > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T* xp = x + pl * hw;
+    double sum = 0.0;
+    for (int i = 0; i < hw; ++i) sum += double(xp[i]);
+    y[pl] = T(sum / double(hw));
+  }
+}
+
+template <typename T>
+void global_avg_pool_backward_cpu(int n, int c, int hw, const T* dy, T* dx) {
+  SPARROW_CHECK(n > 0 && c > 0 && hw > 0, "global_avg_pool_backward_cpu: invalid shape n=", n, " c=", c,
+                " hw=", hw);
+  const int64_t planes = int64_t(n) * c;
+  const T inv = T(1) / T(hw);
+#pragma omp parallel for schedule(static) if (planes * hw > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const T g = dy[pl] * inv;
+    T* dxp = dx + pl * hw;
+    for (int i = 0; i < hw; ++i) dxp[i] = g;
+  }
+}
+
+#define SPARROW_POOL_INSTANTIATE(T)                                                           \
+  template void max_pool2d_forward_cpu<T>(const Pool2dShape&, const T*, T*, int32_t*);        \
+  template void max_pool2d_backward_cpu<T>(const Pool2dShape&, const T*, const int32_t*, T*); \
+  template void avg_pool2d_forward_cpu<T>(const Pool2dShape&, const T*, T*);                  \
+  template void avg_pool2d_backward_cpu<T>(const Pool2dShape&, const T*, T*);                 \
+  template void global_avg_pool_forward_cpu<T>(int, int, int, const T*, T*);                  \
+  template void global_avg_pool_backward_cpu<T>(int, int, int, const T*, T*);
+
+SPARROW_POOL_INSTANTIATE(float)
+SPARROW_POOL_INSTANTIATE(double)
+
+}  // namespace sparrow
