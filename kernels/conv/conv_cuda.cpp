@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -138,9 +139,10 @@ struct Workspace {
   void* p;
 };
 
-// Picks the first (fastest) successful result with an acceptable math type; none: the im2col fallback.
+// Picks the first (fastest) successful result with an acceptable math type; none: the im2col fallback,
+// said once on stderr so a slow run can be explained.
 template <typename Perf, typename Algo>
-void choose(Choice<Algo>& ch, const Perf* perf, int count) {
+void choose(Choice<Algo>& ch, const Perf* perf, int count, const Conv2dShape& s, const char* direction) {
   ch.decided = true;
   ch.use_im2col = true;
   for (int i = 0; i < count; ++i) {
@@ -152,6 +154,14 @@ void choose(Choice<Algo>& ch, const Perf* perf, int count) {
     ch.workspace = perf[i].memory;
     return;
   }
+  std::fprintf(stderr, "sparrow: cuDNN has no FP32 %s algorithm for conv n=%d cin=%d %dx%d cout=%d k=%dx%d s=%d p=%d; "
+               "using im2col + cuBLAS\n", direction, s.n, s.cin, s.h, s.w, s.cout, s.kh, s.kw, s.stride, s.pad);
+}
+
+// The search runs cuDNN on the handle's stream with a workspace just taken from the stream-ordered pool:
+// wait for the allocation (and the inputs) first. Once per shape and direction, so the wait is free.
+void sync_before_search() {
+  SPARROW_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(cuda_stream_handle())));
 }
 
 }  // namespace
@@ -168,9 +178,10 @@ void conv2d_forward_cuda(const Conv2dShape& s, const float* x, const float* w, c
     cudnnConvolutionFwdAlgoPerf_t perf[kMax];
     int count = 0;
     Workspace ws(search_workspace_bytes());
+    sync_before_search();
     SPARROW_CUDNN_CALL(cudnnFindConvolutionForwardAlgorithmEx(h, p.x, x, p.w, w, p.conv, p.y, y, kMax, &count, perf,
                                                               ws.p, ws.bytes));
-    choose(p.fwd, perf, count);
+    choose(p.fwd, perf, count, s, "forward");
   }
   if (p.fwd.use_im2col) return conv2d_forward_im2col_cuda(s, x, w, b, y);
   SPARROW_CUDNN_CALL(cudnnSetConvolutionMathType(p.conv, p.fwd.math));
@@ -191,9 +202,10 @@ void conv2d_backward_input_cuda(const Conv2dShape& s, const float* dy, const flo
     cudnnConvolutionBwdDataAlgoPerf_t perf[kMax];
     int count = 0;
     Workspace ws(search_workspace_bytes());
+    sync_before_search();
     SPARROW_CUDNN_CALL(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.w, w, p.y, dy, p.conv, p.x, dx, kMax, &count,
                                                                    perf, ws.p, ws.bytes));
-    choose(p.bwd_data, perf, count);
+    choose(p.bwd_data, perf, count, s, "backward-data");
   }
   if (p.bwd_data.use_im2col) return conv2d_backward_input_im2col_cuda(s, dy, w, dx);
   SPARROW_CUDNN_CALL(cudnnSetConvolutionMathType(p.conv, p.bwd_data.math));
@@ -214,9 +226,10 @@ void conv2d_backward_weight_cuda(const Conv2dShape& s, const float* x, const flo
     cudnnConvolutionBwdFilterAlgoPerf_t perf[kMax];
     int count = 0;
     Workspace ws(search_workspace_bytes());
+    sync_before_search();
     SPARROW_CUDNN_CALL(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.x, x, p.y, dy, p.conv, p.w, dw, kMax, &count,
                                                                      perf, ws.p, ws.bytes));
-    choose(p.bwd_filter, perf, count);
+    choose(p.bwd_filter, perf, count, s, "backward-filter");
   }
   if (p.bwd_filter.use_im2col) return conv2d_backward_weight_im2col_cuda(s, x, dy, dw, db);
   SPARROW_CUDNN_CALL(cudnnSetConvolutionMathType(p.conv, p.bwd_filter.math));

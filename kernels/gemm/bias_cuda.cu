@@ -1,6 +1,6 @@
 // Row-bias kernels for linear layers on device pointers (float, compute stream): y[r][c] += b[c] and its
-// gradient db[c] = Σ_r dy[r][c]. Rows are contiguous (row-major B×Out); both kernels use one thread per
-// column walking the rows in order, so the float sums match the CPU loops bit for bit.
+// gradient db[c] = Σ_r dy[r][c]. Rows are contiguous (row-major B×Out); the gradient uses one thread per
+// column walking the rows in order, the CPU loop's order, so the float sums match it bit for bit.
 #include <cstdint>
 
 #include "engine/base/cuda_check.h"
