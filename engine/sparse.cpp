@@ -24,6 +24,8 @@ void dispatch(const Tensor& t, const char* op, F&& f) {
 }
 
 Tensor scatter_raw(const Tensor& values, const Tensor& pattern, const Shape& shape) {
+  SPARROW_CHECK(values.device() == Device::CPU && pattern.device() == Device::CPU,
+                "sparse weights have no CUDA path in this build yet (scatter); run with --device cpu");
   Tensor d = Tensor::zeros(shape, values.dtype());
   dispatch(values, "scatter_to_dense", [&](auto t) {
     using T = decltype(t);
@@ -36,6 +38,8 @@ Tensor scatter_raw(const Tensor& values, const Tensor& pattern, const Shape& sha
 }
 
 Tensor gather_raw(const Tensor& dense, const Tensor& pattern) {
+  SPARROW_CHECK(dense.device() == Device::CPU && pattern.device() == Device::CPU,
+                "sparse weights have no CUDA path in this build yet (gather); run with --device cpu");
   Tensor v = Tensor::empty({pattern.numel()}, dense.dtype());
   dispatch(dense, "gather_at", [&](auto t) {
     using T = decltype(t);

@@ -1,6 +1,8 @@
 // Checkpoint glue between Tensors and the buffer-level safetensors reader/writer.
 #include "apps/common/checkpoint.h"
 
+#include "compress/mask.h"
+
 #include <cstring>
 #include <sstream>
 
@@ -135,6 +137,22 @@ void restore_checkpoint(const StFile& f, const std::string& path, Model& model, 
                 path, ": checkpoint is for ", want.name, " widths [", widths_to_string(want.widths), "] classes ",
                 want.classes, " in_channels ", want.in_channels, ", but the run uses ", have.name, " widths [",
                 widths_to_string(have.widths), "] classes ", have.classes, " in_channels ", have.in_channels);
+  // Fixed-pattern sparse layers are stored as a dense "weight" plus "weight_mask": switch those layers to
+  // the sparse representation first, so the state dict's entries line up.
+  StateDict masks;
+  for (auto& [name, e] : f.tensors)
+    if (name.size() > 12 && name.compare(name.size() - 12, 12, ".weight_mask") == 0)
+      masks[name] = entry_to_tensor(e, path + " '" + name + "'");
+  if (!masks.empty()) {
+    const size_t before = model.parameters().size();
+    std::vector<Tensor> old = model.parameters();
+    make_sparse_like(model, masks);
+    std::vector<Tensor> now = model.parameters();
+    bool changed = now.size() != before;
+    for (size_t i = 0; !changed && i < now.size(); ++i) changed = !now[i].same(old[i]);
+    SPARROW_CHECK(!changed || opt == nullptr, path, ": checkpoint has sparse layers; make the model sparse "
+                  "(make_sparse_like) before creating its optimizer");
+  }
   StateDict sd;
   for (auto& [name, t] : model.state_dict()) {
     auto it = f.tensors.find(name);

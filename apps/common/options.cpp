@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "engine/base/error.h"
 
@@ -78,7 +79,7 @@ int AppCli::parse(int argc, char** argv) {
     }
     validate();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: %s\n", name_.c_str(), e.what());
+    std::fprintf(stderr, "%s: %s\n", name_.c_str(), user_message(e).c_str());
     return 2;
   }
   return -1;
@@ -116,7 +117,7 @@ nlohmann::json AppCli::config_json() const {
     const std::string name = opt->get_name(false, true);
     if (name.rfind("--", 0) != 0 || name == "--help") continue;
     const auto results = opt->results();
-    if (opt->get_type_size() == 0) {  // flags
+    if (opt->get_type_size_max() == 0) {  // flags
       j[name.substr(2)] = opt->count() > 0;
       continue;
     }
@@ -134,12 +135,23 @@ nlohmann::json AppCli::config_json() const {
   return j;
 }
 
+std::string user_message(const std::exception& e) {
+  std::string msg = e.what();
+  // Library errors end in " [file.cpp:123]": useful in bug reports (SPARROW_DEBUG=1), noise otherwise.
+  const char* debug = std::getenv("SPARROW_DEBUG");
+  if ((!debug || std::string(debug) == "0") && !msg.empty() && msg.back() == ']') {
+    const size_t open = msg.rfind(" [");
+    if (open != std::string::npos && msg.find(':', open) != std::string::npos) msg.erase(open);
+  }
+  return msg;
+}
+
 int run_app(const std::string& app_name, const std::function<int()>& body) {
   try {
     return body();
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s: %s\n", app_name.c_str(), e.what());
+    std::fprintf(stderr, "%s: %s\n", app_name.c_str(), user_message(e).c_str());
     return 1;
   }
 }

@@ -63,6 +63,8 @@ class AppCli {
   std::map<std::string, std::pair<std::string, Preset>> presets_;
 };
 
+// e.what() without the " [file:line]" suffix unless SPARROW_DEBUG=1.
+std::string user_message(const std::exception& e);
 // Runs body() and turns any exception into "<app>: <message>" on stderr and exit code 1.
 int run_app(const std::string& app_name, const std::function<int()>& body);
 
