@@ -5,6 +5,7 @@
 // magnitude, SNIP, GraSP, SynFlow, ProsPr) for the "simple combination"; --sweep runs a grid.
 #include <filesystem>
 
+#include "apps/common/epsd_loss.h"
 #include "apps/common/pruning.h"
 #include "apps/common/report.h"
 #include "apps/common/summary.h"
@@ -31,66 +32,6 @@ struct EpsdOptions {
   std::string sweep_methods = "epsd+dlb,snip+dlb,random+dlb,epsd+none,dense+dlb";
   std::string sweep_sparsities = "0.9,0.95,0.98";
   std::string sweep_seeds = "0,1,2";
-};
-
-// L_SD(θ; k) on pruning batch k, a pure function of the parameters for a given k (the meta-gradient calls
-// it several times per k: the step, then the HVPs at θ_k ± εv). DLB follows its own rule inside step 1:
-// batch 0 is CE only; batch k distils from the detached view-0 logits batch k−1 produced at θ_{k−1}, cached
-// on the first call for k−1.
-class SdLossClosure {
- public:
-  SdLossClosure(Model& model, const std::vector<Batch>& batches, std::string sd, bool kl_only, Device device)
-      : model_(model), batches_(batches), sd_(std::move(sd)), kl_only_(kl_only), device_(device) {}
-
-  Tensor operator()(int k) {
-    SPARROW_CHECK(k >= 0 && k < int(batches_.size()), "pruning batch ", k, " out of ", batches_.size());
-    const Batch& b = batches_[size_t(k)];
-    Tensor x = images_tensor(b, b.x, device_), y = labels_tensor(b.y, device_);
-    if (sd_ == "dlb") {
-      const int64_t n = b.n;
-      Tensor logits, loss;
-      if (k == 0 || !prev_logits_.count(k - 1)) {
-        logits = model_.forward(x);
-        loss = kl_only_ ? scale(sum(logits), 0.0) : cross_entropy(logits, y);
-      } else {
-        const Batch& p = batches_[size_t(k - 1)];
-        Tensor all = model_.forward(cat_rows({x, images_tensor(p, p.x2, device_)}));
-        Tensor kl = kd_loss(slice_rows(all, n, n + p.n), prev_logits_.at(k - 1), {dlb_.T, 1.0, 0.0, LogitNorm::none});
-        kl = scale(kl, dlb_.alpha);
-        loss = kl_only_ ? kl : add(cross_entropy(all, cat_rows({y, labels_tensor(p.y, device_)})), kl);
-        logits = slice_rows(all, 0, n);
-      }
-      if (!prev_logits_.count(k)) prev_logits_[k] = logits.detach().clone();
-      return loss;
-    }
-    if (sd_ == "cskd") {
-      Tensor logits = model_.forward(x);
-      Tensor zp;
-      {
-        NoGradGuard ng;
-        zp = model_.forward(images_tensor(b, b.x_pair, device_));
-      }
-      Tensor kl = scale(kd_loss(logits, zp, {cskd_.T, 1.0, 0.0, LogitNorm::none}), cskd_.lambda);
-      return kl_only_ ? kl : add(cross_entropy(logits, y), kl);
-    }
-    // PS-KD at initialisation has a one-hot table, so its target is the label: the SD loss is CE.
-    // "none" is CE by definition.
-    return cross_entropy(model_.forward(x), y);
-  }
-
- private:
-  struct {
-    double T = 3.0, alpha = 1.0;
-  } dlb_;
-  struct {
-    double T = 4.0, lambda = 1.0;
-  } cskd_;
-  Model& model_;
-  const std::vector<Batch>& batches_;
-  std::string sd_;
-  bool kl_only_;
-  Device device_;
-  std::map<int, Tensor> prev_logits_;
 };
 
 // One run: (criterion, sd, sparsity, seed) -> a run folder and its test accuracy.
@@ -125,7 +66,7 @@ RunOutcome run_one(const AppCli& cli, const DataBundle& data, const EpsdOptions&
   std::unique_ptr<Sgd> opt;
   nlohmann::json prune_info;
   if (resuming) {
-    prepare_from_checkpoint(*model, ckpt);
+    prepare_from_checkpoint(*model, ckpt, po.sparse_kernels);
     opt = std::make_unique<Sgd>(model->parameters(), sgd);
   } else if (criterion == "dense" || sparsity == 0) {
     opt = std::make_unique<Sgd>(model->parameters(), sgd);
@@ -179,6 +120,7 @@ RunOutcome run_one(const AppCli& cli, const DataBundle& data, const EpsdOptions&
     }
     init.restore();  // step 2 restarts from W0 and P0 with fresh BN statistics
     opt = sparse_training_setup(*model, params, pr.masks, po, sgd);
+    if (run) save_checkpoint(out + "/pruned.safetensors", make_checkpoint(*model, nullptr, {}));
     prune_info = {{"criterion", criterion}, {"seconds", profiler_now() - tp}, {"kept", pr.kept}, {"total", pr.total},
                   {"achieved_sparsity", pr.sparsity}};
     nlohmann::json layers = nlohmann::json::array();
@@ -198,7 +140,7 @@ RunOutcome run_one(const AppCli& cli, const DataBundle& data, const EpsdOptions&
   AppCli& mcli = const_cast<AppCli&>(cli);
   const CommonOptions saved = mcli.opts();
   mcli.opts() = o;  // the Trainer reads the run's seed and folder from the options
-  Trainer trainer(cli, data, *model, *opt, sched, TrainSetup{"train", sd_batch_spec(*sd), true},
+  Trainer trainer(cli, data, *model, *opt, sched, TrainSetup{"train", "", sd_batch_spec(*sd), true},
                   sd_train_hooks(*sd, *model, dev, o.epochs));
   TrainResult r = trainer.run();
   mcli.opts() = saved;

@@ -1,5 +1,8 @@
 // sparrow-train: dense training of any registered model on any dataset — the teacher and baseline
 // trainer. Run folder: config.json, metrics.jsonl, summary.json, train.safetensors (checkpoint).
+#include <filesystem>
+
+#include "apps/common/pruning.h"
 #include "apps/common/summary.h"
 #include "apps/common/trainer.h"
 
@@ -30,8 +33,25 @@ int main(int argc, char** argv) {
     install_interrupt_handler();
     DataBundle data = load_data(o);
     ModelPtr model;
-    if (!init_checkpoint.empty()) {
+    const std::string resume_path = o.out.empty() ? std::string() : o.out + "/train.safetensors";
+    // A checkpoint brings its own architecture; --model / --widths given as well must agree with it.
+    auto check_given = [&](const ModelSpec& ck, const std::string& path) {
+      ModelSpec asked = ck;
+      if (cli.given("--model")) asked.name = o.model, asked.widths.clear();
+      if (cli.given("--widths")) asked.widths = parse_widths(o.widths, "--widths");
+      const std::string diff = spec_differences(ck, asked);
+      SPARROW_CHECK(diff.empty(), path, ": checkpoint does not match the options (checkpoint vs options) - ", diff);
+    };
+    if (o.resume && std::filesystem::exists(resume_path)) {
+      // The architecture comes from the checkpoint: a narrowed (PDD) model resumes like any other.
+      StFile f = read_safetensors(resume_path);
+      const ModelSpec spec = checkpoint_model_spec(f, resume_path);
+      check_given(spec, resume_path);
+      model = make_model(spec, o.seed);
+      prepare_from_checkpoint(*model, resume_path);
+    } else if (!init_checkpoint.empty()) {
       model = load_model_from_checkpoint(init_checkpoint);
+      check_given(model->spec(), init_checkpoint);
       SPARROW_CHECK(model->spec().in_channels == data.channels && model->spec().classes == data.classes,
                     init_checkpoint, ": model takes ", model->spec().in_channels, " channels and ",
                     model->spec().classes, " classes, the dataset has ", data.channels, " and ", data.classes);

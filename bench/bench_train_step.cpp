@@ -11,29 +11,32 @@
 
 #include "engine/base/nvtx.h"
 #include "engine/optim.h"
+#include "compress/criteria.h"
+#include "engine/sparse.h"
 #include "models/models.h"
 
 using namespace sparrow;
 
 namespace {
-void apply_global_magnitude_mask(Model& m, Sgd& opt, double sparsity) {
-  std::vector<Tensor> ws;
-  std::vector<float> all;
-  for (auto& [name, p] : m.named_parameters())
-    if (p.dim() == 4 || (p.dim() == 2 && name.find("weight") != std::string::npos)) {
-      ws.push_back(p);
-      for (float v : p.to_vector<float>()) all.push_back(std::fabs(v));
-    }
-  const size_t k = size_t(sparsity * double(all.size()));
-  if (k == 0) return;
-  std::nth_element(all.begin(), all.begin() + long(k - 1), all.end());
-  const float thr = all[k - 1];
-  for (auto& w : ws) {
-    Tensor mask = Tensor::empty(w.shape());
-    const float* pw = w.data<float>();
-    for (int64_t i = 0; i < w.numel(); ++i) mask.data<float>()[i] = std::fabs(pw[i]) > thr ? 1.f : 0.f;
-    opt.set_mask(w, mask);
+// Global magnitude pruning of conv and linear weights (what torch.nn.utils.prune.global_unstructured with
+// L1 does); then either fixed-pattern sparse layers (the optimizer is built afterwards: nnz-sized state)
+// or dense weights held by optimizer masks (the reference path, PyTorch's situation).
+std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const std::string& kernels) {
+  const SgdConfig cfg{0.1, 0.9, 0.0, 5e-4, false};
+  if (sparsity == 0) return std::make_unique<Sgd>(m.parameters(), cfg);
+  auto params = prunable_params(m);
+  PruneConfig pc;
+  pc.sparsity = sparsity;
+  PruneResult pr = prune(params, score_magnitude(params), pc);
+  apply_masks(params, pr.masks);
+  if (kernels == "off") {
+    auto opt = std::make_unique<Sgd>(m.parameters(), cfg);
+    enforce_masks(*opt, params, pr.masks);
+    return opt;
   }
+  set_sparse_kernel_mode(parse_sparse_kernel_mode(kernels));
+  make_sparse(params, pr.masks);
+  return std::make_unique<Sgd>(m.parameters(), cfg);
 }
 }  // namespace
 
@@ -43,6 +46,8 @@ int main(int argc, char** argv) {
   int batch = 128, threads = 2, steps = 8, warmup = 2, classes = 10;
   std::vector<double> sparsities{0.0};
   bool breakdown = false;
+  std::string device_name_opt = "cpu";
+  std::string kernels = "auto";
   app.add_option("--model", model, "model name")->capture_default_str();
   app.add_option("--batch", batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "OpenMP threads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -50,22 +55,30 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
   app.add_option("--sparsity", sparsities, "fractions of conv/linear weights masked to zero")->expected(1, -1);
   app.add_flag("--breakdown", breakdown, "also print the time per op (inclusive, ms per step)");
+  app.add_option("--device", device_name_opt, "cpu, cuda or auto")->capture_default_str();
+  app.add_option("--sparse-kernels", kernels, "auto, on (direct sparse conv) or off (dense weights + masks)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     omp_set_num_threads(threads);
+    const Device dev = parse_device(device_name_opt);
     for (double s : sparsities) {
       SPARROW_CHECK(s >= 0 && s < 1, "--sparsity ", s, " outside [0, 1)");
       ModelPtr m = make_model({model, classes, 3, {}, ""}, 0);
       m->train();
-      Sgd opt(m->parameters(), {0.1, 0.9, 0.0, 5e-4, false});
-      apply_global_magnitude_mask(*m, opt, s);
+      std::unique_ptr<Sgd> optp = prune_and_make_optimizer(*m, s, kernels);  // on the host, before the move
+      Sgd& opt = *optp;
+      m->to(dev);
       Rng rng(0);
       Tensor x = Tensor::randn({batch, 3, 32, 32}, rng);
       Tensor y = Tensor::empty({batch}, DType::I64);
       for (int i = 0; i < batch; ++i) y.data<int64_t>()[i] = int64_t(rng.below(uint64_t(classes)));
+      x = x.to(dev);
+      y = y.to(dev);
       double t0 = 0;
       for (int i = 0; i < warmup + steps; ++i) {
         if (i == warmup) {
+          cuda_synchronize();
           t0 = profiler_now();
           profiler_reset();
           profiler_enable(breakdown);
@@ -80,10 +93,11 @@ int main(int argc, char** argv) {
         loss.backward();
         opt.step();
       }
+      cuda_synchronize();
       const double dt = profiler_now() - t0;
       profiler_enable(false);
       nlohmann::json j{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"batch", batch},
-                       {"threads", threads}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
+                       {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
       std::printf("%s\n", j.dump().c_str());
       if (breakdown) {
         nlohmann::json b{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"breakdown_ms_per_step", {}}};

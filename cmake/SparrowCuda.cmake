@@ -20,6 +20,7 @@ if(SPARROW_HAS_CUDA)
     message(FATAL_ERROR "SPARROW_CUDA_ARCHS must be an explicit list such as 80;90")
   endif()
   set(CMAKE_CUDA_ARCHITECTURES ${SPARROW_CUDA_ARCHS})
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)  # CUDA::cudart below is the shared runtime: do not add the static one
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   enable_language(CUDA)

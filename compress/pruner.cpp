@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 namespace sparrow {
@@ -194,6 +195,54 @@ PruneResult prune(const std::vector<PrunableParam>& params, const Scores& scores
   }
   res.sparsity = total ? 1.0 - double(res.kept) / double(total) : 0.0;
   return res;
+}
+
+}  // namespace sparrow
+
+namespace sparrow {
+
+PruneResult prune_above_threshold(const std::vector<PrunableParam>& params, const Scores& scores, double sparsity) {
+  SPARROW_CHECK(scores.size() == params.size() && !params.empty(), "prune_above_threshold: ", scores.size(),
+                " score tensors for ", params.size(), " prunable weights");
+  SPARROW_CHECK(sparsity >= 0 && sparsity < 1, "--sparsity must be in [0, 1), got ", sparsity);
+  std::vector<double> all;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    SPARROW_CHECK(scores[i].shape() == params[i].weight().shape(), "prune_above_threshold: scores for '",
+                  params[i].name, "' have shape ", scores[i].shape_str());
+    for (double v : scores[i].to_vector<double>()) {
+      SPARROW_CHECK(!std::isnan(v), "prune_above_threshold: NaN score in '", params[i].name, "'");
+      all.push_back(v);
+    }
+  }
+  const int64_t n = int64_t(all.size());
+  const int64_t k = int64_t(std::floor(sparsity * double(n)));
+  PruneResult r;
+  r.total = n;
+  r.target_kept = n - k;
+  double threshold = -std::numeric_limits<double>::infinity();
+  if (k > 0) {
+    std::nth_element(all.begin(), all.begin() + (k - 1), all.end());
+    threshold = all[size_t(k - 1)];
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    Tensor mask = Tensor::zeros(params[i].weight().shape(), params[i].weight().dtype());
+    const auto s = scores[i].to_vector<double>();
+    int64_t kept = 0;
+    for (size_t j = 0; j < s.size(); ++j) {
+      const bool keep = k == 0 || s[j] > threshold;
+      if (keep) {
+        if (mask.dtype() == DType::F64) mask.data<double>()[j] = 1.0;
+        else mask.data<float>()[j] = 1.f;
+        ++kept;
+      }
+    }
+    r.masks.names.push_back(params[i].name);
+    r.masks.masks.push_back(mask);
+    r.layers.push_back({params[i].name, int64_t(s.size()), kept});
+    r.kept += kept;
+  }
+  r.sparsity = n ? 1.0 - double(r.kept) / double(n) : 0.0;
+  return r;
 }
 
 }  // namespace sparrow

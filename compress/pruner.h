@@ -47,3 +47,10 @@ PruneResult prune(const std::vector<PrunableParam>& params, const Scores& scores
 int64_t keep_count(int64_t n, double sparsity);
 
 }  // namespace sparrow
+
+namespace sparrow {
+// TGOSP's one-shot rule (ALGORITHMS.md §2): threshold = the k-th smallest score over all candidates,
+// k = ⌊s·N⌋; keep a weight iff its score is strictly above the threshold. With ties at the threshold all
+// tied weights go, so the achieved sparsity can exceed s (PruneResult reports it exactly).
+PruneResult prune_above_threshold(const std::vector<PrunableParam>& params, const Scores& scores, double sparsity);
+}  // namespace sparrow

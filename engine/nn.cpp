@@ -7,6 +7,7 @@
 
 #include "engine/base/nvtx.h"
 #include "engine/sparse.h"
+#include "engine/sparse_conv_op.h"
 
 namespace sparrow {
 
@@ -120,7 +121,10 @@ void Module::load_state_dict(const StateDict& sd, bool strict) {
 
 void Module::to(Device device) {
   for (auto& [name, t] : named_parameters()) Tensor(t).move_to_(device);
-  for (auto& [name, t] : named_buffers()) Tensor(t).move_to_(device);
+  // Integer buffers are host-side counters (BN's num_batches_tracked): keeping them on the host saves a
+  // device round trip per BN layer per step.
+  for (auto& [name, t] : named_buffers())
+    if (is_floating(t.dtype())) Tensor(t).move_to_(device);
 }
 
 void Module::zero_grad() {
@@ -248,8 +252,28 @@ Conv2d::Conv2d(int cin, int cout, int k, int stride, int pad, bool with_bias, Rn
   }
 }
 
+bool Conv2d::uses_sparse_kernel(Device device) const {
+  if (!is_sparse() || device != Device::CPU) return false;
+  const SparseKernelMode mode = sparse_kernel_mode();
+  return mode == SparseKernelMode::On ||
+         (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover());
+}
+
 Tensor Conv2d::forward(const Tensor& x) {
-  Tensor y = conv2d(x, forward_weight(), bias, stride, pad);
+  Tensor y;
+  if (uses_sparse_kernel(x.device())) {
+    const SparseWeight& sw = sparse();
+    const void* key = sw.pattern.impl_ptr().get();
+    if (!kernel_pattern_ || kernel_pattern_key_ != key) {
+      const Conv2dShape s{1, cin, k, k, cout, k, k, stride, pad};
+      kernel_pattern_ = std::make_shared<const SparseConvPattern>(
+          sparse_conv_pattern_from_indices(s, sw.pattern.data<int64_t>(), sw.nnz()));
+      kernel_pattern_key_ = key;
+    }
+    y = sparse_conv2d(x, sw.values, kernel_pattern_, bias);
+  } else {
+    y = conv2d(x, forward_weight(), bias, stride, pad);
+  }
   last_output_shape = y.shape();
   return y;
 }
@@ -280,8 +304,7 @@ BatchNorm2d::BatchNorm2d(int c, double momentum, double eps) : c(c), momentum(mo
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
   if (is_training()) {
-    if (num_batches_tracked.device() == Device::CPU) num_batches_tracked.data<int64_t>()[0] += 1;
-    else num_batches_tracked.copy_(Tensor::full({}, num_batches_tracked.item() + 1, DType::I64));
+    num_batches_tracked.data<int64_t>()[0] += 1;  // stays on the host (Module::to)
   }
   Tensor y = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
   last_output_shape = y.shape();

@@ -84,6 +84,8 @@ void init_bias_default(Tensor& b, int64_t fan_in, Rng& rng);
 // Build optimizers after make_sparse: the old "weight" handle stops being a parameter.
 // load_state_dict into a sparse layer: a saved mask equal to the pattern reloads the values at the
 // pattern; a different mask rebuilds the pattern (nnz may change). Entries off the mask load as zero.
+struct SparseConvPattern;
+
 class WeightLayer : public Module {
  public:
   Tensor weight, bias;
@@ -111,7 +113,15 @@ class Conv2d : public WeightLayer {
   Conv2d(int cin, int cout, int k, int stride, int pad, bool bias, Rng& rng);
   Tensor forward(const Tensor& x) override;
   const char* type_name() const override { return "Conv2d"; }
+  // Whether forward() runs the direct sparse kernel now (sparse layer, CPU, mode and density allow it).
+  bool uses_sparse_kernel(Device device) const;
   int cin, cout, k, stride, pad;
+
+ private:
+  // The kernel's compressed pattern, built on first use from the layer's pattern and rebuilt when it
+  // changes (keyed by the pattern tensor's identity).
+  mutable std::shared_ptr<const SparseConvPattern> kernel_pattern_;
+  mutable const void* kernel_pattern_key_ = nullptr;
 };
 
 class Linear : public WeightLayer {

@@ -1,4 +1,5 @@
-// SGD exactly as torch.optim.SGD (with masks), and the LR schedules.
+// SGD exactly as torch.optim.SGD (with masks), and the LR schedules. CPU parameters are updated by the
+// OpenMP loop below; CUDA parameters all together by one fused kernel launch (kernels/optim).
 #include "engine/optim.h"
 
 #include <cmath>
@@ -6,6 +7,7 @@
 
 #include "engine/ops.h"
 #include "engine/base/nvtx.h"
+#include "kernels/optim/optim.h"
 
 namespace sparrow {
 
@@ -31,12 +33,17 @@ void Sgd::set_mask(const Tensor& p, const Tensor& mask) {
   SPARROW_CHECK(mask.shape() == p.shape() && mask.dtype() == p.dtype(), "SGD mask of shape ", mask.shape_str(),
                 " for a parameter of shape ", p.shape_str());
   const size_t i = size_t(index_of(p));
-  masks_[i] = mask;
+  // The mask lives beside its parameter (a mask built on the host for a CUDA parameter is copied over).
+  const Tensor m = mask.device() == p.device() ? mask : mask.to(p.device());
+  masks_[i] = m;
   // Enforce at once: pruned weights and their momentum are zero from now on.
   Tensor param = p;
   NoGradGuard ng;
-  param.copy_(mul(param.detach(), mask));
-  if (bufs_[i].defined()) bufs_[i].copy_(mul(bufs_[i], mask));
+  param.copy_(mul(param.detach(), m));
+  if (bufs_[i].defined()) {
+    if (bufs_[i].device() != p.device()) bufs_[i].move_to_(p.device());
+    bufs_[i].copy_(mul(bufs_[i], m));
+  }
 }
 
 namespace {
@@ -62,11 +69,34 @@ void sgd_update(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, 
 
 void Sgd::step() {
   SPARROW_NVTX_RANGE("sgd_step");
+#if SPARROW_HAS_CUDA
+  std::vector<SgdTensor> on_device;  // CUDA parameters, updated together after the loop
+#endif
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    SPARROW_CHECK(p.device() == Device::CPU, "SGD on CUDA parameters is not available in this build yet");
+    if (p.device() == Device::CUDA) {
+#if SPARROW_HAS_CUDA
+      SPARROW_CHECK(p.dtype() == DType::F32 && g.dtype() == DType::F32 && g.device() == Device::CUDA &&
+                        g.numel() == p.numel(),
+                    "SGD: CUDA parameter ", i, " of shape ", p.shape_str(), " (", dtype_name(p.dtype()),
+                    ") has a gradient of shape ", g.shape_str(), " on ", device_name(g.device()), " (",
+                    dtype_name(g.dtype()), "); CUDA parameters must be F32 with F32 CUDA gradients");
+      const bool first = cfg_.momentum != 0 && !bufs_[i].defined();
+      if (first) bufs_[i] = Tensor::empty(p.shape(), p.dtype(), p.device());
+      // State restored from a checkpoint may sit on the host: it follows the parameter.
+      if (bufs_[i].defined() && bufs_[i].device() != p.device()) bufs_[i].move_to_(p.device());
+      if (masks_[i].defined() && masks_[i].device() != p.device()) masks_[i] = masks_[i].to(p.device());
+      const bool use_buf = cfg_.momentum != 0;
+      on_device.push_back(SgdTensor{p.data<float>(), g.data<float>(), use_buf ? bufs_[i].data<float>() : nullptr,
+                                    masks_[i].defined() ? masks_[i].data<float>() : nullptr, p.numel(),
+                                    float(wd_[i]), first ? 1 : 0});
+      continue;
+#else
+      SPARROW_FAIL("SGD: parameter ", i, " is on CUDA but sparrow was built without CUDA");
+#endif
+    }
     const bool first = cfg_.momentum != 0 && !bufs_[i].defined();
     if (first) bufs_[i] = Tensor::empty(p.shape(), p.dtype(), p.device());
     const bool use_buf = cfg_.momentum != 0;
@@ -77,6 +107,11 @@ void Sgd::step() {
       sgd_update<float>(p.numel(), p.data<float>(), g.data<float>(), use_buf ? bufs_[i].data<float>() : nullptr,
                         masks_[i].defined() ? masks_[i].data<float>() : nullptr, first, cfg_, wd_[i]);
   }
+#if SPARROW_HAS_CUDA
+  if (!on_device.empty())
+    sgd_update_multi_cuda(on_device.data(), int(on_device.size()),
+                          SgdHyper{cfg_.lr, cfg_.momentum, cfg_.dampening, cfg_.nesterov});
+#endif
 }
 
 void Sgd::zero_grad() {

@@ -55,3 +55,9 @@ struct LrSchedule {
 LrSchedule parse_schedule(const std::string& spec, double base_lr, int total_epochs, double gamma = 0.1);
 
 }  // namespace sparrow
+
+namespace sparrow {
+// Scales every parameter's gradient so their joint L2 norm is at most max_norm (torch.nn.utils.
+// clip_grad_norm_); returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+}  // namespace sparrow

@@ -109,3 +109,26 @@ Tensor SparseWeight::row_offsets() const {
 }
 
 }  // namespace sparrow
+
+namespace sparrow {
+
+namespace {
+SparseKernelMode g_mode = SparseKernelMode::Auto;
+double g_crossover = 0.4;
+}  // namespace
+
+void set_sparse_kernel_mode(SparseKernelMode mode) { g_mode = mode; }
+SparseKernelMode sparse_kernel_mode() { return g_mode; }
+SparseKernelMode parse_sparse_kernel_mode(const std::string& s) {
+  if (s == "auto") return SparseKernelMode::Auto;
+  if (s == "on") return SparseKernelMode::On;
+  if (s == "off") return SparseKernelMode::Off;
+  SPARROW_FAIL("--sparse-kernels: expected auto, on or off, got '", s, "'");
+}
+double sparse_kernel_crossover() { return g_crossover; }
+void set_sparse_kernel_crossover(double density) {
+  SPARROW_CHECK(density >= 0 && density <= 1, "sparse kernel crossover density ", density, " outside [0, 1]");
+  g_crossover = density;
+}
+
+}  // namespace sparrow

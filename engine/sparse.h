@@ -3,6 +3,7 @@
 // ascending order — the layout the sparse kernels read. Scatter/gather are the autograd bridge to dense.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "engine/autograd.h"
 #include "engine/tensor.h"
@@ -31,5 +32,22 @@ std::shared_ptr<SparseWeight> sparse_from_dense(const Tensor& w, const Tensor& m
 Tensor scatter_to_dense(const Tensor& values, const Tensor& pattern, const Shape& dense_shape);
 // dense.flatten()[pattern]. Backward scatters into zeros of dense's shape.
 Tensor gather_at(const Tensor& dense, const Tensor& pattern);
+
+}  // namespace sparrow
+
+
+
+namespace sparrow {
+
+// Which kernels fixed-pattern conv layers use (--sparse-kernels): Auto picks the direct sparse kernel when
+// the layer's density is at most sparse_kernel_crossover() (measured by sparrow-bench-sparse-conv: below
+// ~0.4 sparse beats our dense path in every ResNet-20 / VGG-11 layer and pass), On always uses it, Off
+// always runs the masked-dense reference (scatter the values, dense conv).
+enum class SparseKernelMode { Auto, On, Off };
+void set_sparse_kernel_mode(SparseKernelMode mode);
+SparseKernelMode sparse_kernel_mode();
+SparseKernelMode parse_sparse_kernel_mode(const std::string& s);  // "auto" | "on" | "off"
+double sparse_kernel_crossover();
+void set_sparse_kernel_crossover(double density);
 
 }  // namespace sparrow

@@ -3,7 +3,9 @@
 
 #include "compress/mask.h"
 
+#include <cctype>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 namespace sparrow {
@@ -100,25 +102,76 @@ const std::string& meta(const StFile& f, const std::string& key, const std::stri
   SPARROW_CHECK(it != f.metadata.end(), path, ": not a sparrow checkpoint (metadata has no '", key, "')");
   return it->second;
 }
-int meta_int(const StFile& f, const std::string& key, const std::string& path) {
+// A whole decimal integer in [lo, hi]: "12abc", " 3" and out-of-range values are errors, not 12, 3 or UB.
+int64_t meta_int64(const StFile& f, const std::string& key, const std::string& path, int64_t lo, int64_t hi) {
   const std::string& v = meta(f, key, path);
   try {
-    return std::stoi(v);
+    size_t used = 0;
+    const long long x = std::stoll(v, &used);
+    if (used == v.size() && !v.empty() && !std::isspace(static_cast<unsigned char>(v[0])) && x >= lo && x <= hi)
+      return x;
   } catch (const std::exception&) {
-    SPARROW_FAIL(path, ": metadata '", key, "' = '", v, "' is not an integer");
   }
+  SPARROW_FAIL(path, ": metadata '", key, "' = '", v.substr(0, 40), "' is not an integer in [", lo, ", ", hi, "]");
+}
+int meta_int(const StFile& f, const std::string& key, const std::string& path, int lo, int hi) {
+  return int(meta_int64(f, key, path, lo, hi));
+}
+
+// A lower bound on the weight bytes of the model a spec describes, from what every registered architecture
+// shares: consecutive widths (the input channels first) are joined by a 3x3 convolution, each ResNet block
+// or stage also holds a w x w 3x3 convolution, and the classifier reads the last width. Computed in double:
+// the widths come from an untrusted file.
+double min_weight_bytes(const ModelSpec& s) {
+  double n = 0, prev = s.in_channels;
+  for (int w : s.widths) {
+    n += 9.0 * prev * w;
+    prev = w;
+  }
+  const bool resnet = s.name.rfind("resnet", 0) == 0;
+  for (size_t i = s.name == "resnet18" ? 0 : 1; resnet && i < s.widths.size(); ++i)
+    n += 9.0 * s.widths[i] * s.widths[i];
+  n += s.classifier == "pdd" ? 512.0 * prev + 512.0 * 512.0 + 512.0 * s.classes : double(s.classes) * prev;
+  return 4 * n;
 }
 }  // namespace
 
 ModelSpec checkpoint_model_spec(const StFile& f, const std::string& path) {
   ModelSpec spec;
   spec.name = meta(f, "model", path);
-  spec.classes = meta_int(f, "classes", path);
-  spec.in_channels = meta_int(f, "in_channels", path);
+  spec.classes = meta_int(f, "classes", path, 2, 1 << 20);
+  spec.in_channels = meta_int(f, "in_channels", path, 1, 1 << 10);
   spec.widths = parse_widths(meta(f, "widths", path), path + " metadata 'widths'");
+  SPARROW_CHECK(spec.widths.size() <= 1024, path, ": metadata 'widths' lists ", spec.widths.size(), " widths");
   auto it = f.metadata.find("classifier");
   if (it != f.metadata.end()) spec.classifier = it->second;
+  default_widths(spec.name);  // an unknown model name is an error naming it, before any arithmetic
+  double have = 0;
+  for (const auto& [name, e] : f.tensors) have += double(e.data.size());
+  const double need = min_weight_bytes(spec);
+  SPARROW_CHECK(need <= have, path, ": metadata describes ", spec.name, " widths [", widths_to_string(spec.widths),
+                "] (", spec.classes, " classes), which needs at least ", need, " bytes of weights, but the file holds ",
+                have, " (corrupt or forged metadata)");
   return spec;
+}
+
+std::string spec_differences(const ModelSpec& ck, const ModelSpec& run) {
+  std::string d;
+  auto add = [&](const std::string& field, const std::string& a, const std::string& b) {
+    d += str(d.empty() ? "" : "; ", field, ": ", a, " vs ", b);
+  };
+  if (ck.name != run.name) add("model", ck.name, run.name);
+  const std::vector<int> run_widths =
+      run.widths.empty() && ck.name == run.name ? default_widths(run.name) : run.widths;
+  if (!run_widths.empty() && ck.widths != run_widths)
+    add("widths", "[" + widths_to_string(ck.widths) + "]", "[" + widths_to_string(run_widths) + "]");
+  if (ck.classes != run.classes) add("classes", std::to_string(ck.classes), std::to_string(run.classes));
+  if (ck.in_channels != run.in_channels)
+    add("input channels", std::to_string(ck.in_channels), std::to_string(run.in_channels));
+  if (ck.classifier != run.classifier)
+    add("classifier", ck.classifier.empty() ? "default" : ck.classifier,
+        run.classifier.empty() ? "default" : run.classifier);
+  return d;
 }
 
 ModelPtr load_model_from_checkpoint(const std::string& path, StFile* file_out) {
@@ -131,12 +184,8 @@ ModelPtr load_model_from_checkpoint(const std::string& path, StFile* file_out) {
 
 void restore_checkpoint(const StFile& f, const std::string& path, Model& model, Sgd* opt, LoopPosition* pos) {
   const ModelSpec want = checkpoint_model_spec(f, path);
-  const ModelSpec& have = model.spec();
-  SPARROW_CHECK(want.name == have.name && want.widths == have.widths && want.classes == have.classes &&
-                    want.in_channels == have.in_channels,
-                path, ": checkpoint is for ", want.name, " widths [", widths_to_string(want.widths), "] classes ",
-                want.classes, " in_channels ", want.in_channels, ", but the run uses ", have.name, " widths [",
-                widths_to_string(have.widths), "] classes ", have.classes, " in_channels ", have.in_channels);
+  const std::string diff = spec_differences(want, model.spec());
+  SPARROW_CHECK(diff.empty(), path, ": checkpoint does not match the model (checkpoint vs run) - ", diff);
   // Fixed-pattern sparse layers are stored as a dense "weight" plus "weight_mask": switch those layers to
   // the sparse representation first, so the state dict's entries line up.
   StateDict masks;
@@ -159,7 +208,11 @@ void restore_checkpoint(const StFile& f, const std::string& path, Model& model, 
     SPARROW_CHECK(it != f.tensors.end(), path, ": checkpoint lacks '", name, "'");
     sd[name] = entry_to_tensor(it->second, path + " '" + name + "'");
   }
-  model.load_state_dict(sd);
+  try {
+    model.load_state_dict(sd);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
   for (auto& [name, m] : model.named_modules())
     if (auto* d = dynamic_cast<Dropout*>(m)) {
       auto it = f.tensors.find("rng." + name);
@@ -172,7 +225,7 @@ void restore_checkpoint(const StFile& f, const std::string& path, Model& model, 
   if (opt) {
     const auto names = model.named_parameters();
     for (size_t i = 0; i < opt->params().size(); ++i) {
-      std::string name;
+      std::string name = "param" + std::to_string(i);  // parameters outside the model (e.g. PDD gates)
       for (auto& [n, p] : names)
         if (p.same(opt->params()[i])) name = n;
       auto mit = f.tensors.find("optim.mask." + name);
@@ -187,9 +240,9 @@ void restore_checkpoint(const StFile& f, const std::string& path, Model& model, 
     }
   }
   if (pos) {
-    pos->epoch = meta_int(f, "epoch", path);
-    pos->batches_done = std::stoll(meta(f, "batches_done", path));
-    pos->global_step = std::stoll(meta(f, "global_step", path));
+    pos->epoch = meta_int(f, "epoch", path, 0, std::numeric_limits<int>::max());
+    pos->batches_done = meta_int64(f, "batches_done", path, 0, std::numeric_limits<int64_t>::max());
+    pos->global_step = meta_int64(f, "global_step", path, 0, std::numeric_limits<int64_t>::max());
   }
 }
 

@@ -25,7 +25,13 @@ StFile make_checkpoint(Model& model, const Sgd* opt, const LoopPosition& pos,
 void save_checkpoint(const std::string& path, const StFile& file);
 
 // The model spec stored in a checkpoint's metadata (name, classes, in_channels, widths, classifier).
+// Untrusted: every number is parsed strictly, and a spec whose smallest possible model needs more weight
+// bytes than the file holds is rejected before anything is allocated.
 ModelSpec checkpoint_model_spec(const StFile& file, const std::string& path);
+// What differs between the model a checkpoint holds and the one a run asks for, one "field: a vs b" per
+// difference ("model: resnet8 vs resnet20; widths: [16,16,32,64] vs [8,16,32,64]"); "" when they match.
+// Empty widths on the run's side mean the architecture's defaults.
+std::string spec_differences(const ModelSpec& checkpoint, const ModelSpec& run);
 // Builds the model a checkpoint describes and loads its weights (a narrowed PDD model loads like any other).
 ModelPtr load_model_from_checkpoint(const std::string& path, StFile* file_out = nullptr);
 // Restores weights, optimizer state and position. Errors name the path and what differs.

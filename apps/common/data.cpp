@@ -93,6 +93,7 @@ ModelSpec model_spec_from(const CommonOptions& o, const DataBundle& d) {
   s.classes = d.classes;
   s.in_channels = d.channels;
   if (!o.widths.empty()) s.widths = parse_widths(o.widths, "--widths");
+  s.classifier = o.classifier;
   return s;
 }
 

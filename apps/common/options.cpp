@@ -17,6 +17,7 @@ AppCli::AppCli(std::string app_name, std::string description) : name_(std::move(
   app_.add_option("--data-dir", o.data_dir, "dataset folder (fashion-mnist default: /usr/share/datasets/fashion-mnist)");
   app_.add_option("--model", o.model, "resnet8/20/32/44/56/110, resnet18, vgg11/13/16/19");
   app_.add_option("--widths", o.widths, "per-layer widths, comma-separated (default: the model's)");
+  app_.add_option("--classifier", o.classifier, "VGG classifier: empty (512->classes) or pdd (512-512-512 with dropout)");
   app_.add_option("--device", o.device, "auto, cpu or cuda");
   app_.add_option("--epochs", o.epochs, "training epochs");
   app_.add_option("--batch-size", o.batch_size, "batch size");
@@ -67,6 +68,7 @@ int AppCli::parse(int argc, char** argv) {
       keep("--dataset", &CommonOptions::dataset);
       keep("--model", &CommonOptions::model);
       keep("--widths", &CommonOptions::widths);
+      keep("--classifier", &CommonOptions::classifier);
       keep("--epochs", &CommonOptions::epochs);
       keep("--batch-size", &CommonOptions::batch_size);
       keep("--lr", &CommonOptions::lr);

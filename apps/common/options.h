@@ -17,6 +17,7 @@ struct CommonOptions {
   std::string data_dir;
   std::string model = "resnet8";
   std::string widths;  // comma-separated per-layer widths ("" = the model's defaults)
+  std::string classifier;  // VGG: "" (512->classes) or "pdd" (PDD's 3-layer classifier)
   std::string device = "auto";
   int epochs = 3;
   int batch_size = 128;

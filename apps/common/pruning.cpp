@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "compress/mask.h"
+#include "engine/sparse.h"
 
 namespace sparrow {
 
@@ -42,6 +43,7 @@ std::unique_ptr<Sgd> sparse_training_setup(Model& model, const std::vector<Pruna
                                            const PruneOptions& p, const SgdConfig& sgd) {
   apply_masks(params, masks);
   if (p.sparse_kernels != "off") {
+    set_sparse_kernel_mode(parse_sparse_kernel_mode(p.sparse_kernels));
     make_sparse(params, masks);
     return std::make_unique<Sgd>(model.parameters(), sgd);
   }
@@ -50,7 +52,8 @@ std::unique_ptr<Sgd> sparse_training_setup(Model& model, const std::vector<Pruna
   return opt;
 }
 
-void prepare_from_checkpoint(Model& model, const std::string& path) {
+void prepare_from_checkpoint(Model& model, const std::string& path, const std::string& sparse_kernels) {
+  set_sparse_kernel_mode(parse_sparse_kernel_mode(sparse_kernels));
   if (!std::filesystem::exists(path)) return;
   StFile f = read_safetensors(path);
   StateDict masks;
@@ -93,13 +96,21 @@ TrainHooks sd_train_hooks(SdMethod& sd, Model& model, Device device, int epochs)
   return h;
 }
 
-int64_t masked_nonzeros(Model& model, const std::vector<PrunableParam>& params, const MaskSet& masks) {
+int64_t revived_weights(Model& model, Sgd& opt) {
   int64_t bad = 0;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const auto w = params[i].layer->dense_weight().to_vector<double>();
-    const auto m = masks.masks[i].to_vector<double>();
-    for (size_t j = 0; j < w.size(); ++j) bad += (m[j] == 0 && w[j] != 0);
+  for (size_t i = 0; i < opt.params().size(); ++i) {
+    const Tensor& mask = opt.mask_of(i);
+    if (!mask.defined()) continue;
+    const auto m = mask.to_vector<double>(), w = opt.params()[i].to_vector<double>();
+    const Tensor& buf = opt.momentum_buffers()[i];
+    const auto b = buf.defined() ? buf.to_vector<double>() : std::vector<double>(m.size(), 0.0);
+    for (size_t j = 0; j < m.size(); ++j) bad += m[j] == 0 && (w[j] != 0 || b[j] != 0);
   }
+  for (auto& [name, mod] : model.named_modules())
+    if (auto* layer = dynamic_cast<WeightLayer*>(mod); layer && layer->is_sparse()) {
+      const auto m = layer->sparse().mask().to_vector<double>(), w = layer->dense_weight().to_vector<double>();
+      for (size_t j = 0; j < m.size(); ++j) bad += m[j] == 0 && w[j] != 0;
+    }
   return bad;
 }
 

@@ -18,7 +18,9 @@ struct PruneOptions {
   bool skip_first_conv = false;
   bool skip_classifier = false;
   bool prune_linear = true;
-  std::string sparse_kernels = "auto";  // on: pattern + values layers; off: dense weights + optimizer masks
+  // auto/on: pattern + values layers, conv through the direct sparse kernel (auto: at density <= the
+  // measured crossover); off: dense weights held at zero by optimizer masks (the reference path).
+  std::string sparse_kernels = "auto";
 };
 
 void add_prune_options(CLI::App& app, PruneOptions& p);
@@ -31,14 +33,15 @@ PrunableSpec prunable_spec(const PruneOptions& p);
 std::unique_ptr<Sgd> sparse_training_setup(Model& model, const std::vector<PrunableParam>& params, const MaskSet& masks,
                                            const PruneOptions& p, const SgdConfig& sgd);
 // For --resume: switch the layers a checkpoint stores as sparse before the optimizer is built.
-void prepare_from_checkpoint(Model& model, const std::string& path);
+void prepare_from_checkpoint(Model& model, const std::string& path, const std::string& sparse_kernels = "auto");
 
 // Trainer hooks that run `sd` on each batch (two views / pairs / indices as it needs) and keep its state
 // in checkpoints. `epochs` is the run's length (PS-KD's α schedule).
 TrainHooks sd_train_hooks(SdMethod& sd, Model& model, Device device, int epochs);
 BatchSpec sd_batch_spec(const SdMethod& sd);
 
-// Count of weights in `masks` that are nonzero in the model now (pruned weights must stay zero).
-int64_t masked_nonzeros(Model& model, const std::vector<PrunableParam>& params, const MaskSet& masks);
+// Pruned weights that are not exactly zero now, or whose momentum is not: dense layers held by optimizer
+// masks and sparse layers (entries off their pattern). Must stay 0 through any training.
+int64_t revived_weights(Model& model, Sgd& opt);
 
 }  // namespace sparrow

@@ -1,9 +1,8 @@
 // Loaders for CIFAR-10/100 (binary records), Fashion-MNIST (IDX, gzip or plain) and the synthetic set, plus
 // subsets, validation splits and normalisation constants. Output layout: n×C×H×W uint8, int32 labels.
-// Tiny-ImageNet (JPEG decoding with stb_image) lives in tiny_imagenet.cpp.
+// The byte-level parsers live in parse.cpp (shared with the fuzz targets); Tiny-ImageNet (JPEG decoding with
+// stb_image) lives in tiny_imagenet.cpp.
 #include "engine/data/dataset.h"
-
-#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include "engine/base/error.h"
 #include "engine/base/rng.h"
 #include "engine/data/file_util.h"
+#include "engine/data/parse.h"
 
 namespace fs = std::filesystem;
 
@@ -110,32 +110,11 @@ ImageSet load_dataset(const std::string& name, const std::string& dir, bool trai
 // CIFAR: fixed-size records of label byte(s) + 3072 pixel bytes (R plane, G plane, B plane, 32×32 each)
 namespace {
 
-constexpr int kCifarPixels = 3 * 32 * 32;
-
 // Appends the records of one file. `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100: coarse, fine).
 void append_cifar_file(const std::string& dataset, const std::string& path, int label_bytes, int classes,
                        ImageSet& out) {
   const std::vector<uint8_t> bytes = read_file_bytes(dataset, path);
-  const size_t record = size_t(label_bytes) + kCifarPixels;
-  SPARROW_CHECK(!bytes.empty(), dataset, ": ", path, ": file is empty");
-  SPARROW_CHECK(bytes.size() % record == 0, dataset, ": ", path, ": size ", bytes.size(),
-                " bytes is not a whole number of ", record, "-byte records (truncated or not a ", dataset,
-                " binary file?)");
-  const size_t count = bytes.size() / record;
-  const size_t first = out.labels.size();
-  out.labels.resize(first + count);
-  out.pixels.resize((first + count) * kCifarPixels);
-  for (size_t r = 0; r < count; ++r) {
-    const uint8_t* rec = bytes.data() + r * record;
-    if (label_bytes == 2)
-      SPARROW_CHECK(rec[0] < 20, dataset, ": ", path, ": record ", r, ": coarse label ", int(rec[0]),
-                    " out of range [0, 20)");
-    const int label = rec[label_bytes - 1];
-    SPARROW_CHECK(label < classes, dataset, ": ", path, ": record ", r, ": label ", label,
-                  " out of range [0, ", classes, ")");
-    out.labels[first + r] = label;
-    std::memcpy(out.pixels.data() + (first + r) * kCifarPixels, rec + label_bytes, kCifarPixels);
-  }
+  parse_cifar_bytes(bytes.data(), bytes.size(), dataset + ": " + path, label_bytes, classes, out);
 }
 
 ImageSet empty_set(const std::string& name, int c, int h, int w, int classes) {
@@ -175,55 +154,9 @@ ImageSet load_cifar100(const std::string& dir, bool train) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Fashion-MNIST: IDX files, big-endian header (magic, count[, rows, cols]) then bytes; gzip or plain.
+// Fashion-MNIST: IDX files, big-endian header (magic, count[, rows, cols]) then bytes; gzip or plain
+// (parse_idx_bytes tells them apart by the gzip magic, so a plain file named .gz still loads).
 namespace {
-
-constexpr uint32_t kIdxImagesMagic = 2051, kIdxLabelsMagic = 2049;
-constexpr int kMnistSide = 28;
-
-uint32_t be32(const uint8_t* p) {
-  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
-}
-
-// gzopen reads plain files transparently, so one reader covers both the .gz and the uncompressed layout.
-class GzReader {
- public:
-  GzReader(const std::string& path) : path_(path) {
-    f_ = gzopen(path.c_str(), "rb");
-    SPARROW_CHECK(f_ != nullptr, "fashion-mnist: ", path, ": cannot open (", std::strerror(errno), ")");
-    gzbuffer(f_, 1 << 17);
-  }
-  ~GzReader() {
-    if (f_) gzclose(f_);
-  }
-  GzReader(const GzReader&) = delete;
-  GzReader& operator=(const GzReader&) = delete;
-
-  // Reads up to `len` bytes; returns the count. A decompression error (corrupt stream) throws.
-  size_t read(uint8_t* dst, size_t len) {
-    size_t got = 0;
-    while (got < len) {
-      const unsigned chunk = unsigned(std::min<size_t>(len - got, size_t(1) << 30));
-      const int r = gzread(f_, dst + got, chunk);
-      if (r < 0) {
-        int code = 0;
-        const char* msg = gzerror(f_, &code);
-        SPARROW_FAIL("fashion-mnist: ", path_, ": corrupt gzip data (", msg ? msg : "unknown error", ")");
-      }
-      if (r == 0) break;
-      got += size_t(r);
-    }
-    return got;
-  }
-  bool at_end() {
-    uint8_t b;
-    return read(&b, 1) == 0;
-  }
-
- private:
-  std::string path_;
-  gzFile f_ = nullptr;
-};
 
 // `dir/base.gz`, else `dir/base`; an error names both when neither exists.
 std::string find_idx_file(const std::string& dir, const std::string& base) {
@@ -234,12 +167,9 @@ std::string find_idx_file(const std::string& dir, const std::string& base) {
   SPARROW_FAIL("fashion-mnist: missing file ", gz, " (or uncompressed ", plain, ")");
 }
 
-// An upper bound on how many bytes a file can decompress to, so a corrupt count never triggers a huge
-// allocation (deflate expands at most ~1032:1).
-uint64_t max_payload(const std::string& path) {
-  std::error_code ec;
-  const uint64_t size = fs::file_size(path, ec);
-  return ec ? 0 : size * 1040 + 4096;
+IdxArray read_idx_file(const std::string& path, uint32_t magic, const char* noun) {
+  const std::vector<uint8_t> bytes = read_file_bytes("fashion-mnist", path);
+  return parse_idx_bytes(bytes.data(), bytes.size(), "fashion-mnist: " + path, magic, noun);
 }
 
 }  // namespace
@@ -249,56 +179,12 @@ ImageSet load_fashion_mnist(const std::string& dir, bool train) {
   const std::string prefix = train ? "train" : "t10k";
   const std::string img_path = find_idx_file(root, prefix + "-images-idx3-ubyte");
   const std::string lbl_path = find_idx_file(root, prefix + "-labels-idx1-ubyte");
-
-  ImageSet s = empty_set(train ? "fashion-mnist/train" : "fashion-mnist/test", 1, kMnistSide, kMnistSide, 10);
+  IdxArray images = read_idx_file(img_path, 2051, "images");
+  const IdxArray labels = read_idx_file(lbl_path, 2049, "labels");
+  ImageSet s = fashion_mnist_from_idx(std::move(images), "fashion-mnist: " + img_path, labels,
+                                      "fashion-mnist: " + lbl_path, train ? "fashion-mnist/train" : "fashion-mnist/test");
   s.class_names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
-  uint32_t count = 0;
-  {
-    GzReader in(img_path);
-    uint8_t h[16];
-    const size_t got = in.read(h, 16);
-    SPARROW_CHECK(got == 16, "fashion-mnist: ", img_path, ": truncated header (", got, " of 16 bytes)");
-    SPARROW_CHECK(be32(h) == kIdxImagesMagic, "fashion-mnist: ", img_path, ": bad magic ", be32(h),
-                  " (expected ", kIdxImagesMagic, " for IDX images)");
-    count = be32(h + 4);
-    const uint32_t rows = be32(h + 8), cols = be32(h + 12);
-    SPARROW_CHECK(rows == kMnistSide && cols == kMnistSide, "fashion-mnist: ", img_path, ": image size ",
-                  rows, "x", cols, " (expected 28x28)");
-    SPARROW_CHECK(count > 0, "fashion-mnist: ", img_path, ": header says 0 images");
-    const uint64_t want = uint64_t(count) * kMnistSide * kMnistSide;
-    SPARROW_CHECK(want <= max_payload(img_path), "fashion-mnist: ", img_path, ": header count ", count,
-                  " is impossible for a file of this size (corrupt header)");
-    s.pixels.resize(want);
-    const size_t px = in.read(s.pixels.data(), want);
-    SPARROW_CHECK(px == want, "fashion-mnist: ", img_path, ": truncated: header says ", count, " images (",
-                  want, " bytes) but only ", px, " bytes follow");
-    SPARROW_CHECK(in.at_end(), "fashion-mnist: ", img_path, ": trailing data after ", count,
-                  " images (wrong count in header?)");
-  }
-  {
-    GzReader in(lbl_path);
-    uint8_t h[8];
-    const size_t got = in.read(h, 8);
-    SPARROW_CHECK(got == 8, "fashion-mnist: ", lbl_path, ": truncated header (", got, " of 8 bytes)");
-    SPARROW_CHECK(be32(h) == kIdxLabelsMagic, "fashion-mnist: ", lbl_path, ": bad magic ", be32(h),
-                  " (expected ", kIdxLabelsMagic, " for IDX labels)");
-    const uint32_t lcount = be32(h + 4);
-    SPARROW_CHECK(lcount == count, "fashion-mnist: ", lbl_path, ": label count ", lcount,
-                  " does not match image count ", count, " in ", img_path);
-    std::vector<uint8_t> raw(count);
-    const size_t n = in.read(raw.data(), count);
-    SPARROW_CHECK(n == count, "fashion-mnist: ", lbl_path, ": truncated: header says ", count,
-                  " labels but only ", n, " follow");
-    SPARROW_CHECK(in.at_end(), "fashion-mnist: ", lbl_path, ": trailing data after ", count, " labels");
-    s.labels.resize(count);
-    for (uint32_t i = 0; i < count; ++i) {
-      SPARROW_CHECK(raw[i] < 10, "fashion-mnist: ", lbl_path, ": label ", int(raw[i]), " of item ", i,
-                    " out of range [0, 10)");
-      s.labels[i] = raw[i];
-    }
-  }
-  s.n = int(count);
   s.validate();
   return s;
 }

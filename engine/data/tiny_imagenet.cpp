@@ -1,6 +1,7 @@
 // Tiny-ImageNet loader: root/wnids.txt, root/train/<wnid>/images/*.JPEG, root/val/val_annotations.txt +
 // root/val/images/*.JPEG; 64×64 images decoded with stb_image (JPEG/PNG only) into 3×64×64 CHW uint8.
 // Class ids follow the sorted wnids (PyTorch ImageFolder order), so labels match torchvision-trained models.
+// The byte-level parsers (wnids, annotations, image decoding; declared in parse.h) are here with stb_image.
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
@@ -11,14 +12,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <map>
-#include <sstream>
 
 #include "engine/base/error.h"
 #include "engine/data/dataset.h"
 #include "engine/data/file_util.h"
+#include "engine/data/parse.h"
 
 namespace fs = std::filesystem;
 
@@ -45,57 +45,192 @@ std::string trim(const std::string& s) {
   return s.substr(a, b - a);
 }
 
-std::vector<std::string> read_lines(const std::string& path) {
+std::string read_text(const std::string& path) {
   std::error_code ec;
   SPARROW_CHECK(fs::is_regular_file(path, ec), kName, ": missing file ", path);
-  std::ifstream in(path);
-  SPARROW_CHECK(in, kName, ": ", path, ": cannot open");
+  const std::vector<uint8_t> bytes = read_file_bytes(kName, path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// Lines of a text file ('\n'-separated; a '\r' before it is dropped by trim()).
+std::vector<std::string> split_lines(const std::string& text) {
   std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string::npos) nl = text.size();
+    lines.push_back(text.substr(start, nl - start));
+    start = nl + 1;
+  }
   return lines;
 }
 
-// Decodes one image file into `dst` (3×64×64 CHW). The header is checked before decoding so an oversized
-// or foreign file is rejected without allocating its pixels.
+// A name that is safe to join under a folder: not empty, no separator or NUL, not "." or "..".
+bool is_plain_name(const std::string& s) {
+  return !s.empty() && s != "." && s != ".." && s.find('/') == std::string::npos &&
+         s.find('\0') == std::string::npos;
+}
+
+// Untrusted text quoted in a message: one line, short.
+std::string shown(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < 80; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    out += (c < 0x20 || c >= 0x7f) ? '?' : s[i];
+  }
+  return s.size() > 80 ? out + "..." : out;
+}
+
+// stb_image 2.27 (Debian 12's libstb-dev) trusts some JPEG header fields it should not: a Huffman table
+// (DHT) declaring more than 256 codes makes it write past the table (found by tests/fuzz/fuzz_tiny_imagenet;
+// upstream added the check in 2.28). So the marker structure of a JPEG is validated here first, through
+// every segment and scan: segment lengths inside the file and Huffman tables within their limits.
+void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name) {
+  // stb_image takes any input starting with FF (FF ...) D8 for a JPEG: so does this check.
+  size_t pos = 0;
+  if (size == 0 || b[0] != 0xFF) return;
+  while (pos < size && b[pos] == 0xFF) ++pos;
+  if (pos >= size || b[pos] != 0xD8) return;
+  ++pos;  // after SOI
+  while (pos < size) {
+    SPARROW_CHECK(b[pos] == 0xFF, name, ": corrupt JPEG (no marker at byte ", pos, ")");
+    while (pos < size && b[pos] == 0xFF) ++pos;  // fill bytes
+    if (pos >= size) break;
+    const uint8_t m = b[pos++];
+    if (m == 0xD9) return;                                      // EOI
+    if ((m >= 0xD0 && m <= 0xD8) || m == 0x01) continue;        // RSTn, SOI, TEM: no length
+    SPARROW_CHECK(pos + 2 <= size, name, ": corrupt JPEG (marker FF", std::hex, int(m), std::dec,
+                  " has no length)");
+    const size_t len = (size_t(b[pos]) << 8) | b[pos + 1];
+    SPARROW_CHECK(len >= 2 && pos + len <= size, name, ": corrupt JPEG (segment FF", std::hex, int(m), std::dec,
+                  " at byte ", pos - 2, " runs past the end of the file)");
+    const uint8_t* seg = b + pos + 2;
+    const size_t seg_len = len - 2;
+    if (m == 0xC4) {  // DHT: one or more tables of 1 + 16 + n bytes
+      size_t t = 0;
+      while (t < seg_len) {
+        SPARROW_CHECK(t + 17 <= seg_len, name, ": corrupt JPEG (truncated Huffman table)");
+        const int tc = seg[t] >> 4, th = seg[t] & 15;
+        SPARROW_CHECK(tc <= 1 && th <= 3, name, ": corrupt JPEG (Huffman table class ", tc, " id ", th, ")");
+        size_t n = 0;
+        for (int i = 1; i <= 16; ++i) n += seg[t + i];
+        SPARROW_CHECK(n <= 256, name, ": corrupt JPEG (Huffman table declares ", n, " codes, at most 256)");
+        SPARROW_CHECK(t + 17 + n <= seg_len, name, ": corrupt JPEG (Huffman table longer than its segment)");
+        t += 17 + n;
+      }
+    }
+    pos += len;
+    if (m == 0xDA) {  // SOS: entropy-coded data follows, up to the next marker that is not RSTn or a stuffed 00
+      while (pos + 1 < size && !(b[pos] == 0xFF && b[pos + 1] != 0x00 && !(b[pos + 1] >= 0xD0 && b[pos + 1] <= 0xD7)))
+        ++pos;
+      if (pos + 1 >= size) return;  // data runs to the end: stb stops there
+    }
+  }
+}
+
+// The PNG chunk structure, checked the same way before stb_image runs: every chunk inside the file, and
+// no empty IDAT chunk (stb_image 2.27 copies an empty IDAT through a null buffer pointer: undefined
+// behaviour found by fuzz_tiny_imagenet, harmless in practice but not something to rely on).
+void check_png_structure(const uint8_t* b, size_t size, const std::string& name) {
+  static const uint8_t kSig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (size < 8 || std::memcmp(b, kSig, 8) != 0) return;
+  auto be32 = [](const uint8_t* p) {
+    return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+  };
+  size_t pos = 8;
+  while (pos < size) {
+    SPARROW_CHECK(size - pos >= 12, name, ": corrupt PNG (truncated chunk header at byte ", pos, ")");
+    const uint32_t len = be32(b + pos);
+    const std::string type(reinterpret_cast<const char*>(b + pos + 4), 4);
+    SPARROW_CHECK(len <= size - pos - 12, name, ": corrupt PNG (chunk ", shown(type), " at byte ", pos,
+                  " runs past the end of the file)");
+    SPARROW_CHECK(!(type == "IDAT" && len == 0), name, ": corrupt PNG (empty IDAT chunk at byte ", pos, ")");
+    if (type == "IEND") return;
+    pos += 12 + size_t(len);
+  }
+}
+
+// Reads one image file and decodes it into `dst` (3×64×64 CHW).
 void decode_into(const std::string& path, int64_t max_pixels, uint8_t* dst) {
   const std::vector<uint8_t> bytes = read_file_bytes(kName, path);
-  SPARROW_CHECK(!bytes.empty(), kName, ": ", path, ": file is empty");
-  SPARROW_CHECK(bytes.size() < (size_t(1) << 31), kName, ": ", path, ": file too large");
+  decode_image_bytes(bytes.data(), bytes.size(), str(kName, ": ", path), max_pixels, kTinySide, dst);
+}
+
+}  // namespace
+
+std::vector<std::string> parse_wnids(const std::string& text, const std::string& name) {
+  std::vector<std::string> wnids;
+  const auto lines = split_lines(text);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::string w = trim(lines[i]);
+    if (w.empty()) continue;
+    SPARROW_CHECK(is_plain_name(w), name, ": line ", i + 1, ": class id '", shown(w),
+                  "' cannot be a folder name");
+    wnids.push_back(w);
+  }
+  SPARROW_CHECK(!wnids.empty(), name, ": no class ids");
+  std::sort(wnids.begin(), wnids.end());
+  for (size_t i = 1; i < wnids.size(); ++i)
+    SPARROW_CHECK(wnids[i] != wnids[i - 1], name, ": duplicate class id ", shown(wnids[i]));
+  return wnids;
+}
+
+std::vector<ValAnnotation> parse_val_annotations(const std::string& text, const std::string& name,
+                                                 const std::vector<std::string>& sorted_wnids) {
+  std::vector<ValAnnotation> out;
+  const auto lines = split_lines(text);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (trim(lines[i]).empty()) continue;
+    const size_t tab1 = lines[i].find('\t');
+    const size_t tab2 = tab1 == std::string::npos ? std::string::npos : lines[i].find('\t', tab1 + 1);
+    const std::string file = trim(lines[i].substr(0, tab1));
+    const std::string wnid =
+        tab1 == std::string::npos ? std::string() : trim(lines[i].substr(tab1 + 1, tab2 == std::string::npos ? std::string::npos : tab2 - tab1 - 1));
+    SPARROW_CHECK(!file.empty() && !wnid.empty(), name, ": line ", i + 1, ": expected 'file<TAB>wnid...'");
+    SPARROW_CHECK(is_plain_name(file), name, ": line ", i + 1, ": image '", shown(file),
+                  "' is not a plain file name in val/images");
+    const auto it = std::lower_bound(sorted_wnids.begin(), sorted_wnids.end(), wnid);
+    SPARROW_CHECK(it != sorted_wnids.end() && *it == wnid, name, ": line ", i + 1, ": class id '", shown(wnid),
+                  "' is not in wnids.txt");
+    out.push_back({file, int32_t(it - sorted_wnids.begin())});
+  }
+  SPARROW_CHECK(!out.empty(), name, ": no annotations");
+  return out;
+}
+
+void decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& name, int64_t max_pixels, int side,
+                        uint8_t* dst) {
+  SPARROW_CHECK(size > 0, name, ": file is empty");
+  SPARROW_CHECK(size < (size_t(1) << 31), name, ": file too large");
+  SPARROW_CHECK(side > 0 && side <= 4096, name, ": bad expected image side ", side);
+  // Before stb_image reads anything: its header pass (stbi_info) already builds JPEG Huffman tables.
+  check_jpeg_structure(bytes, size, name);
+  check_png_structure(bytes, size, name);
   int w = 0, h = 0, comp = 0;
-  if (!stbi_info_from_memory(bytes.data(), int(bytes.size()), &w, &h, &comp))
-    SPARROW_FAIL(kName, ": ", path, ": not a readable JPEG/PNG image (", stbi_failure_reason(), ")");
-  SPARROW_CHECK(int64_t(w) * h <= max_pixels, kName, ": ", path, ": image ", w, "x", h,
-                " exceeds the size limit of ", max_pixels, " pixels");
-  SPARROW_CHECK(w == kTinySide && h == kTinySide, kName, ": ", path, ": image is ", w, "x", h,
-                " (expected 64x64)");
+  if (!stbi_info_from_memory(bytes, int(size), &w, &h, &comp))
+    SPARROW_FAIL(name, ": not a readable JPEG/PNG image (", stbi_failure_reason(), ")");
+  SPARROW_CHECK(int64_t(w) * h <= max_pixels, name, ": image ", w, "x", h, " exceeds the size limit of ",
+                max_pixels, " pixels");
+  SPARROW_CHECK(w == side && h == side, name, ": image is ", w, "x", h, " (expected ", side, "x", side, ")");
   int dw = 0, dh = 0, dc = 0;
   // req_comp = 3 expands grayscale (and drops alpha) so every image is RGB.
-  stbi_uc* px = stbi_load_from_memory(bytes.data(), int(bytes.size()), &dw, &dh, &dc, 3);
-  if (!px) SPARROW_FAIL(kName, ": ", path, ": decode failed (", stbi_failure_reason(), ")");
-  const int plane = kTinySide * kTinySide;
+  stbi_uc* px = stbi_load_from_memory(bytes, int(size), &dw, &dh, &dc, 3);
+  if (!px) SPARROW_FAIL(name, ": decode failed (", stbi_failure_reason(), ")");
+  if (dw != side || dh != side) {  // the header and the decoder disagree: never index past the buffer
+    stbi_image_free(px);
+    SPARROW_FAIL(name, ": decoded ", dw, "x", dh, " but the header said ", w, "x", h);
+  }
+  const int plane = side * side;
   for (int p = 0; p < plane; ++p)
     for (int c = 0; c < 3; ++c) dst[c * plane + p] = px[p * 3 + c];  // HWC -> CHW
   stbi_image_free(px);
 }
 
-}  // namespace
-
 ImageSet load_tiny_imagenet(const std::string& dir, bool train, int64_t max_image_pixels) {
   const std::string root = data_detail::resolve_dir(kName, dir, "wnids.txt", "tiny-imagenet-200");
   const std::string wnids_path = join_path(root, "wnids.txt");
 
-  std::vector<std::string> wnids;
-  for (const auto& line : read_lines(wnids_path)) {
-    const std::string w = trim(line);
-    if (!w.empty()) wnids.push_back(w);
-  }
-  SPARROW_CHECK(!wnids.empty(), kName, ": ", wnids_path, ": no class ids");
-  std::sort(wnids.begin(), wnids.end());
-  for (size_t i = 1; i < wnids.size(); ++i)
-    SPARROW_CHECK(wnids[i] != wnids[i - 1], kName, ": ", wnids_path, ": duplicate class id ", wnids[i]);
-  std::map<std::string, int> class_of;
-  for (size_t i = 0; i < wnids.size(); ++i) class_of[wnids[i]] = int(i);
-
+  const std::vector<std::string> wnids = parse_wnids(read_text(wnids_path), str(kName, ": ", wnids_path));
   std::vector<std::string> files;
   std::vector<int32_t> labels;
   std::error_code ec;
@@ -117,24 +252,10 @@ ImageSet load_tiny_imagenet(const std::string& dir, bool train, int64_t max_imag
     const std::string ann = join_path(join_path(root, "val"), "val_annotations.txt");
     const std::string img_dir = join_path(join_path(root, "val"), "images");
     SPARROW_CHECK(fs::is_directory(img_dir, ec), kName, ": missing directory ", img_dir);
-    const auto lines = read_lines(ann);
-    for (size_t i = 0; i < lines.size(); ++i) {
-      if (trim(lines[i]).empty()) continue;
-      std::istringstream fields(lines[i]);
-      std::string file, wnid;
-      std::getline(fields, file, '\t');
-      std::getline(fields, wnid, '\t');
-      file = trim(file);
-      wnid = trim(wnid);
-      SPARROW_CHECK(!file.empty() && !wnid.empty(), kName, ": ", ann, ": line ", i + 1,
-                    ": expected 'file<TAB>wnid...'");
-      const auto it = class_of.find(wnid);
-      SPARROW_CHECK(it != class_of.end(), kName, ": ", ann, ": line ", i + 1, ": class id '", wnid,
-                    "' is not in ", wnids_path);
-      files.push_back(join_path(img_dir, file));
-      labels.push_back(it->second);
+    for (const auto& a : parse_val_annotations(read_text(ann), str(kName, ": ", ann), wnids)) {
+      files.push_back(join_path(img_dir, a.file));
+      labels.push_back(a.label);
     }
-    SPARROW_CHECK(!files.empty(), kName, ": ", ann, ": no annotations");
   }
 
   ImageSet s;

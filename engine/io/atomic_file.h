@@ -34,6 +34,11 @@ class AtomicFile {
 };
 
 void write_file_atomic(const std::string& path, const void* data, size_t size);
+
+// Removes the temporary files "<path>.tmp.<pid>.<n>" left by writers that died mid-write (a SIGKILL or a
+// power cut before the rename); a temp file whose process is still running is left alone. Returns how
+// many were removed. <path> itself is never touched.
+int remove_stale_temp_files(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // Whole file into memory; a missing or unreadable file is an Error naming it.

@@ -30,6 +30,14 @@ bool file_exists(const std::string& path) {
 
 }  // namespace
 
+std::string json_text(const nlohmann::json& value, int indent) {
+  try {
+    return value.dump(indent);
+  } catch (const nlohmann::json::exception& e) {
+    SPARROW_FAIL("cannot write JSON: ", e.what());
+  }
+}
+
 nlohmann::json read_json(const std::string& path) {
   std::string text = read_file_text(path);
   try {

@@ -8,6 +8,10 @@
 
 namespace sparrow {
 
+// The text every JSON file of the run folder gets (indent < 0: one compact line); a string that is not
+// valid UTF-8 is a sparrow::Error ("cannot write JSON: ...").
+std::string json_text(const nlohmann::json& value, int indent);
+
 // JSON files with errors that name the file (and the line, for JSON Lines).
 nlohmann::json read_json(const std::string& path);
 std::vector<nlohmann::json> read_jsonl(const std::string& path);  // a missing file is an Error

@@ -22,6 +22,7 @@ namespace {
 
 constexpr uint64_t kMaxHeaderSize = 100000000;  // the reference reader's limit
 constexpr const char* kMetadataKey = "__metadata__";
+constexpr int kMaxHeaderDepth = 8;
 
 struct DtypeDesc {
   const char* name;
@@ -110,7 +111,11 @@ StHeader parse_header(const uint8_t* json_bytes, uint64_t n, uint64_t data_size,
   json root;
   std::set<std::string> seen;
   // Duplicate top-level keys would silently shadow a tensor; the callback sees each key as it is parsed.
+  // Nesting is bounded too: a valid header is 3 levels deep, and deeper values would only be quoted in
+  // messages by a recursive dump (a header of "[[[[..." could exhaust the stack).
   auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    SPARROW_CHECK(depth <= kMaxHeaderDepth, name, ": header nests JSON more than ", kMaxHeaderDepth,
+                  " levels deep (not a safetensors header)");
     if (event == json::parse_event_t::key && depth == 1) {
       const std::string& key = parsed.get_ref<const std::string&>();
       SPARROW_CHECK(seen.insert(key).second, name, ": header names '", shown(key), "' twice");

@@ -3,8 +3,8 @@
 // shifted sums as the CPU: shift = the channel's first value), one thread per channel merges the splits in
 // a fixed order and derives the per-channel coefficients, and an elementwise kernel applies them. The
 // elementwise arithmetic is written with _rn intrinsics so nvcc cannot contract it into FMAs: every output
-// is the CPU's float expression, and the results differ from the CPU only through the order of the double
-// sums.
+// is the CPU's float expression, step by step, so the results differ from the CPU only through the order
+// of the double sums and the host compiler's own multiply-add fusion.
 #include <algorithm>
 #include <cstdint>
 

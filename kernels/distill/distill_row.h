@@ -13,15 +13,6 @@ namespace sparrow {
 namespace distill {
 
 // ---- exp ------------------------------------------------------------------------------------------
-// e^x by Cody–Waite range reduction x = n·ln2 + r, |r| ≤ ln2/2, and a Taylor polynomial in Horner form,
-// written as straight-line arithmetic so g++ vectorises it inside `omp simd` loops (libm's exp does not
-// vectorise without -ffast-math) and nvcc runs the same formula. Meant for x ≤ 0 (the kernels only take
-// e^{x − max}); fine up to ~88 (float) / ~709 (double). Accuracy over [−87, 0] (measured on a 2M-point
-// grid against libm, checked by test_distill): float degree 7, relative error ≤ 8e-8 (1.3 ulp); double
-// degree 13, ≤ 1.4e-16 (≈1 ulp). Arguments below −87.3 (float) / −708 (double), −inf included, are
-// clamped there: the result is ≈1.2e-38 / 2.2e-308 instead of 0, which no probability sum can notice
-// and which saves the compare-and-select per element. 2^n is built from the rounding constant's own
-// bits (the low mantissa bits of x·log2e + 1.5·2^23 hold n), no float→int conversion.
 // Explicit fused multiply-adds: the exp must not depend on whether the compiler contracts a·b + c
 // (nvcc does by default; distill_cpu.cpp turns contraction off so its differences stay exact).
 SPARROW_HD float kl_fma(float a, float b, float c) {
@@ -39,6 +30,24 @@ SPARROW_HD double kl_fma(double a, double b, double c) {
 #endif
 }
 
+SPARROW_HD float bits_to_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+#endif
+}
+SPARROW_HD double bits_to_double(int64_t i) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(i));
+#else
+  double d;
+  std::memcpy(&d, &i, sizeof d);
+  return d;
+#endif
+}
 SPARROW_HD int32_t float_to_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_int(f);
@@ -58,27 +67,36 @@ SPARROW_HD int64_t double_to_bits(double d) {
 #endif
 }
 
+// e^x by Cody–Waite range reduction x = n·ln2 + r, |r| ≤ ln2/2, and a Taylor polynomial in Horner form,
+// written as straight-line arithmetic so g++ vectorises it inside `omp simd` loops (libm's exp does not
+// vectorise without -ffast-math) and nvcc runs the same formula. Meant for x ≤ 0 (the kernels only take
+// e^{x − max}); fine up to ~88 (float) / ~709 (double). Accuracy over [−87, 0] (measured on a 2M-point
+// grid against libm, checked by test_distill): float degree-6 minimax, relative error ≤ 1e-7 (≈1.5
+// ulp); double degree-13 Taylor, ≤ 1.4e-16 (≈1 ulp). Arguments below −87.3 (float) / −708 (double), −inf included, are
+// clamped there: the result is ≈1.2e-38 / 2.2e-308 instead of 0, which no probability sum can notice
+// and which saves the compare-and-select per element. 2^n is built from the rounding constant's own
+// bits (the low mantissa bits of x·log2e + 1.5·2^23 hold n), no float→int conversion.
 SPARROW_HD float kl_exp(float x) {
-  const float xc = x > -87.3f ? x : -87.3f;  // NaN-free inputs assumed; −inf clamps too
+  const float xc = -87.3f > x ? -87.3f : x;  // one max instruction; −inf clamps too, NaN stays NaN
   // Round-to-nearest by the 1.5·2^23 trick (exact for |x·log2e| < 2^22): t's low bits hold n.
   const float t = kl_fma(xc, 1.44269504088896341f, 12582912.0f);
   const float n = t - 12582912.0f;
   const float r = kl_fma(-n, 1.42860682030941723212e-6f, kl_fma(-n, 0.693145751953125f, xc));
-  float p = 1.0f / 5040.0f;
-  p = kl_fma(p, r, 1.0f / 720.0f);
-  p = kl_fma(p, r, 1.0f / 120.0f);
-  p = kl_fma(p, r, 1.0f / 24.0f);
-  p = kl_fma(p, r, 1.0f / 6.0f);
-  p = kl_fma(p, r, 0.5f);
-  p = kl_fma(p, r, 1.0f);
-  p = kl_fma(p, r, 1.0f);
+  // Degree-6 minimax fit of e^r on [−ln2/2, ln2/2] (relative error 1.9e-9 before rounding).
+  float p = 0.0013841403610304144f;
+  p = kl_fma(p, r, 0.0083748424420633308f);
+  p = kl_fma(p, r, 0.041668144233561105f);
+  p = kl_fma(p, r, 0.16666419770790436f);
+  p = kl_fma(p, r, 0.49999992440315877f);
+  p = kl_fma(p, r, 1.0000000364423189f);
+  p = kl_fma(p, r, 1.000000000530944f);
   // (bits(t) << 23) = n << 23 (the constant's own bits shift out); + 127 << 23 makes the exponent.
   const int32_t e = static_cast<int32_t>((static_cast<uint32_t>(float_to_bits(t)) << 23) + 0x3f800000u);
   return p * bits_to_float(e);
 }
 
 SPARROW_HD double kl_exp(double x) {
-  const double xc = x > -708.0 ? x : -708.0;
+  const double xc = -708.0 > x ? -708.0 : x;
   const double t = kl_fma(xc, 1.4426950408889634074, 6755399441055744.0);  // 1.5·2^52
   const double n = t - 6755399441055744.0;
   const double r = kl_fma(-n, 1.90821492927058770002e-10, kl_fma(-n, 6.93147180369123816490e-01, xc));
@@ -100,6 +118,52 @@ SPARROW_HD double kl_exp(double x) {
                                          0x3ff0000000000000ull);
   return p * bits_to_double(e);
 }
+
+// 2^x for the CPU kernel's hot loops, where the softmax argument comes out of one fma already in base-2
+// units (z·(log2e/T) − m): no Cody–Waite step (r = x − round(x) is exact), degree-6 minimax fit of 2^r
+// on [−1/2, 1/2] (1.9e-9 before rounding; ≤ 1e-7 relative after, checked by test_distill), and the
+// exponent added to p's bits as an integer instead of a multiply. Arguments below −125 (float) /
+// −1021 (double) are clamped there, which keeps that integer add inside the normal range (result
+// ≈2.4e-38 / 4.5e-308 instead of 0). Double: degree-13 Taylor series of e^{r·ln2}.
+SPARROW_HD float kl_exp2(float x) {
+  const float xc = -125.0f > x ? -125.0f : x;
+  const float t = xc + 12582912.0f;      // 1.5·2^23: t's low mantissa bits hold n = round(x)
+  const float r = xc - (t - 12582912.0f);  // exact
+  float p = 0.00015350866670027293f;
+  p = kl_fma(p, r, 0.0013399973840096289f);
+  p = kl_fma(p, r, 0.0096184701817889837f);
+  p = kl_fma(p, r, 0.055503286440727752f);
+  p = kl_fma(p, r, 0.24022647063829081f);
+  p = kl_fma(p, r, 0.69314720581986067f);
+  p = kl_fma(p, r, 1.0000000005307363f);
+  return bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(float_to_bits(p)) +
+                                            (static_cast<uint32_t>(float_to_bits(t)) << 23)));
+}
+
+SPARROW_HD double kl_exp2(double x) {
+  const double xc = -1021.0 > x ? -1021.0 : x;
+  const double t = xc + 6755399441055744.0;  // 1.5·2^52
+  const double r = (xc - (t - 6755399441055744.0)) * 0.69314718055994530942;
+  double p = 1.0 / 6227020800.0;
+  p = kl_fma(p, r, 1.0 / 479001600.0);
+  p = kl_fma(p, r, 1.0 / 39916800.0);
+  p = kl_fma(p, r, 1.0 / 3628800.0);
+  p = kl_fma(p, r, 1.0 / 362880.0);
+  p = kl_fma(p, r, 1.0 / 40320.0);
+  p = kl_fma(p, r, 1.0 / 5040.0);
+  p = kl_fma(p, r, 1.0 / 720.0);
+  p = kl_fma(p, r, 1.0 / 120.0);
+  p = kl_fma(p, r, 1.0 / 24.0);
+  p = kl_fma(p, r, 1.0 / 6.0);
+  p = kl_fma(p, r, 0.5);
+  p = kl_fma(p, r, 1.0);
+  p = kl_fma(p, r, 1.0);
+  return bits_to_double(static_cast<int64_t>(static_cast<uint64_t>(double_to_bits(p)) +
+                                             (static_cast<uint64_t>(double_to_bits(t)) << 52)));
+}
+
+constexpr double kLog2e = 1.4426950408889634074;
+constexpr double kLn2 = 0.69314718055994530942;
 
 // −inf without numeric_limits (usable in device code without --expt-relaxed-constexpr).
 template <typename A>
@@ -130,7 +194,7 @@ SPARROW_HD OnlineSoftmax<A> online_softmax_empty() {
 template <typename A>
 SPARROW_HD void online_softmax_push(OnlineSoftmax<A>& st, A x, A v) {
   if (x > st.m) {
-    const A c = kl_exp(st.m - x);  // 0 when the state was empty
+    const A c = kl_exp(st.m - x);  // empty state: s = w = 0, so the exp of −inf needs no care
     st.s = st.s * c + A(1);
     st.w = st.w * c + v;
     st.m = x;

@@ -34,7 +34,7 @@ void global_avg_pool_backward_cpu(int n, int c, int hw, const T* dy, T* dx);
 namespace sparrow {
 // Device pointers, float, on the compute stream; same contracts and tie/NaN rules as the CPU versions.
 // Backward passes gather (each input element sums the windows that reach it, in output order), so they
-// need no atomics and match the CPU's scatter bit for bit.
+// need no atomics and add in the CPU scatter's order.
 void max_pool2d_forward_cuda(const Pool2dShape& s, const float* x, float* y, int32_t* argmax);
 void max_pool2d_backward_cuda(const Pool2dShape& s, const float* dy, const int32_t* argmax, float* dx);
 void avg_pool2d_forward_cuda(const Pool2dShape& s, const float* x, float* y);

@@ -1,6 +1,7 @@
 // CUDA pooling over NCHW planes (float, compute stream), the GPU twins of pool_cpu.cpp: one thread per
 // output element forward, one thread per input element backward. Backward gathers over the windows that
-// contain the element in output order, which is the CPU scatter's order, so results match bit for bit.
+// contain the element in output order, which is the CPU scatter's order: max pooling matches the CPU bit
+// for bit, average pooling to the rounding of the host compiler's multiply-add fusion.
 #include <algorithm>
 #include <cstdint>
 

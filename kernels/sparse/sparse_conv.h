@@ -52,10 +52,14 @@ void sparse_conv_check_shape(const Conv2dShape& s, const SparseConvPattern& p, c
 
 // ---------------------------------------------------------------------------------------------------
 // CPU kernels. values: nnz (pattern order). All three write their outputs (never accumulate).
-// Fast path: direct sparse convolution over a zero-padded, stride-phase-split copy of each image (no
-// im2col), vectorised along the flattened output plane, OpenMP over (image, channel) with the work split
-// by kept-weight count; cost ∝ nnz. The *_ref_cpu versions are plain loops over the pattern (double
-// accumulation), kept as the oracle.
+// Fast path: direct sparse convolution (no im2col) over a zero-padded, stride-phase-split copy of a group
+// of images laid side by side, so each kept weight is one constant offset and each output plane one
+// contiguous vector loop (AVX-512/AVX2 through GCC vector types); OpenMP over (image group, channel) in
+// contiguous ranges of equal kept-weight count, L1-tiled over source channels. Cost ∝ nnz · pixels plus one
+// padded copy of the input (forward, weight gradient) or output gradient (input gradient) per call.
+// The input gradient gathers through the transposed pattern (no scatter, no races); the weight gradient
+// is a dot product per kept weight, reduced over threads in a fixed order (deterministic for a thread
+// count). The *_ref_cpu versions are plain loops over the pattern (double accumulation), the oracle.
 
 // y (N×Cout×OH×OW) = conv(x, W⊙M) + bias; bias (Cout) may be null.
 template <typename T>
@@ -107,8 +111,10 @@ struct SparseConvPatternDevice {
 };
 
 // CUDA kernels on device pointers (float), same contracts as the CPU ones. Launched on `stream` (default:
-// the legacy default stream 0), asynchronous with respect to the host; the backward-weight kernel may use
-// a small cudaMalloc'd workspace (freed before returning, after a stream synchronisation).
+// the legacy default stream 0), asynchronous with respect to the host. Forward / input gradient: a block
+// is 128 pixels × 4 channels, the channels' kept weights staged in shared memory. Weight gradient: a block
+// per 8 kept weights and pixel slice, block reductions, slices summed by a second kernel in a fixed order
+// (workspace from cudaMallocAsync / cudaFreeAsync on `stream`).
 void sparse_conv2d_forward_cuda(const Conv2dShape& s, const SparseConvPatternDevice& p, const float* values,
                                 const float* x, const float* bias, float* y, cudaStream_t stream = 0);
 void sparse_conv2d_backward_input_cuda(const Conv2dShape& s, const SparseConvPatternDevice& p,

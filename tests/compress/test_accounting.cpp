@@ -27,6 +27,20 @@ int64_t vgg_macs(const std::vector<int64_t>& widths, const std::vector<int>& poo
 
 }  // namespace
 
+TEST(Accounting, Resnet20PddVariantWidensOneBlockEarly) {
+  // ALGORITHMS.md §3: the public code's "ResNet-20" has 61.8M MACs / 0.339M parameters.
+  ModelPtr m = make_model({"resnet20-pdd", 10, 3, {}, ""}, 1);
+  CostReport r = count_costs(*m, {1, 3, 32, 32});
+  // Blocks 0-1 16->16, block 2 16->32 (stride 1, at 32x32), blocks 3-4 32->32, block 5 32->64 (at 16x16),
+  // blocks 6-8 64->64 at 8x8.
+  const int64_t ref = conv_macs(3, 16, 32, false) + 4 * conv_macs(16, 16, 32, false) + conv_macs(16, 32, 32, false) +
+                      conv_macs(32, 32, 32, false) + 4 * conv_macs(32, 32, 16, false) + conv_macs(32, 64, 16, false) +
+                      conv_macs(64, 64, 16, false) + 6 * conv_macs(64, 64, 8, false) + 64 * 10;
+  EXPECT_EQ(r.macs, ref);
+  EXPECT_EQ(r.macs, 61784704);
+  EXPECT_EQ(r.params, 339034);
+}
+
 TEST(Accounting, ResNet20At32x32) {
   ModelPtr m = make_model({"resnet20", 10, 3, {}, ""}, 1);
   CostReport r = count_costs(*m, {1, 3, 32, 32});

@@ -1,6 +1,7 @@
 // Dataset loaders on small files written into a temp dir (CIFAR-10/100 records, Fashion-MNIST IDX via
 // zlib, Tiny-ImageNet JPEG/PNG via stb_image_write), bad files producing one-line errors naming the file,
-// the synthetic set's learnability, subsets/splits, and the real Fashion-MNIST test split when installed.
+// the synthetic set's learnability, subsets/splits, the real Fashion-MNIST test split when installed, and
+// the in-memory parsers with the regression inputs fuzzing found (tests/fuzz/corpus).
 #include <gtest/gtest.h>
 #include <zlib.h>
 
@@ -10,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -19,6 +22,7 @@
 
 #include "engine/base/error.h"
 #include "engine/data/dataset.h"
+#include "engine/data/parse.h"
 
 namespace fs = std::filesystem;
 using namespace sparrow;
@@ -546,4 +550,167 @@ TEST(Subsets, SplitValidationIsStratifiedDisjointAndDeterministic) {
   EXPECT_NE(split_validation(s, 0.1, 4).second.pixels, va.pixels);
   EXPECT_EQ(split_validation(s, 0.0, 3).first.n, 200);
   expect_error([&] { split_validation(s, 1.0, 3); }, {"validation fraction 1"});
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// in-memory parsers (engine/data/parse.h): the code the loaders run on file bytes and the fuzz targets
+// (tests/fuzz) run on arbitrary bytes; regressions for what fuzzing found; the committed fuzz corpora
+
+namespace {
+
+std::vector<uint8_t> read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<uint8_t> gz_bytes(const std::vector<uint8_t>& plain) {
+  TempDir d;
+  write_gz(d / "x.gz", plain);
+  return read_all(d / "x.gz");
+}
+
+std::vector<std::string> corpus_files(const std::string& target) {
+  const std::string dir = std::string(SPARROW_SOURCE_DIR) + "/tests/fuzz/corpus/" + target;
+  std::vector<std::string> files;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
+TEST(Parsers, GzipMembersGarbageTruncationAndBombs) {
+  const std::vector<uint8_t> plain = idx_labels(2049, 4, {1, 2, 3, 4});
+  // Two concatenated members decode to the concatenation (as gzip(1) and gzread do).
+  std::vector<uint8_t> two = gz_bytes({plain.begin(), plain.begin() + 5});
+  const auto tail = gz_bytes({plain.begin() + 5, plain.end()});
+  two.insert(two.end(), tail.begin(), tail.end());
+  EXPECT_EQ(gunzip_bytes(two.data(), two.size(), "two", gunzip_limit(two.size())), plain);
+  const IdxArray a = parse_idx_bytes(two.data(), two.size(), "two", 2049, "labels");
+  EXPECT_EQ(a.dims, std::vector<uint32_t>{4});
+  EXPECT_EQ(a.data, (std::vector<uint8_t>{1, 2, 3, 4}));
+  // Bytes after the last member are damage, not silently ignored.
+  std::vector<uint8_t> junk = gz_bytes(plain);
+  junk.push_back('x');
+  expect_error([&] { gunzip_bytes(junk.data(), junk.size(), "junk", 1 << 20); }, {"junk", "trailing garbage"});
+  // A cut stream.
+  std::vector<uint8_t> cut = gz_bytes(plain);
+  cut.resize(cut.size() - 6);
+  expect_error([&] { gunzip_bytes(cut.data(), cut.size(), "cut", 1 << 20); }, {"cut", "truncated"});
+  // Output beyond the cap is refused while decompressing (a small file cannot claim gigabytes).
+  const auto big = gz_bytes(std::vector<uint8_t>(100000, 0));
+  expect_error([&] { gunzip_bytes(big.data(), big.size(), "bomb", 50000); }, {"bomb", "expands beyond 50000"});
+}
+
+TEST(Parsers, IdxHeadersThatLieAreErrors) {
+  // Dimensions whose product overflows 64 bits, with no data behind them.
+  std::vector<uint8_t> v = {0, 0, 8, 4};
+  for (int i = 0; i < 4; ++i) put_be32(v, 0xFFFFFFFFu);
+  expect_error([&] { parse_idx_bytes(v.data(), v.size(), "huge"); }, {"huge", "truncated", "more than 2^64"});
+  std::vector<uint8_t> f32 = {0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0};
+  expect_error([&] { parse_idx_bytes(f32.data(), f32.size(), "float"); }, {"float", "element type 13"});
+  std::vector<uint8_t> five = {0, 0, 8, 5};
+  expect_error([&] { parse_idx_bytes(five.data(), five.size(), "5d"); }, {"5d", "5 dimensions"});
+  std::vector<uint8_t> bad = {1, 2, 8, 1, 0, 0, 0, 0};
+  expect_error([&] { parse_idx_bytes(bad.data(), bad.size(), "magic"); }, {"magic", "not an IDX file"});
+}
+
+TEST(Parsers, TinyImageNetTextFilesCannotEscapeTheirFolders) {
+  const std::vector<std::string> wnids = parse_wnids("n02\n n01 \r\n\nn03\n", "w");
+  EXPECT_EQ(wnids, (std::vector<std::string>{"n01", "n02", "n03"}));
+  expect_error([&] { parse_wnids("n01\n../../etc\n", "w"); }, {"w", "line 2", "cannot be a folder name"});
+  expect_error([&] { parse_wnids("n01\n..\n", "w"); }, {"line 2", "folder name"});
+  expect_error([&] { parse_wnids("n01\nn01\n", "w"); }, {"duplicate class id n01"});
+  expect_error([&] { parse_wnids(" \n\n", "w"); }, {"no class ids"});
+  const auto a = parse_val_annotations("v0.JPEG\tn03\t1\t2\t3\t4\nv1.JPEG\tn01\n", "ann", wnids);
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_EQ(a[0].file, "v0.JPEG");
+  EXPECT_EQ(a[0].label, 2);
+  EXPECT_EQ(a[1].label, 0);
+  expect_error([&] { parse_val_annotations("../../secret\tn01\n", "ann", wnids); },
+               {"ann", "line 1", "not a plain file name"});
+  expect_error([&] { parse_val_annotations("/etc/passwd\tn01\n", "ann", wnids); }, {"not a plain file name"});
+  expect_error([&] { parse_val_annotations("v.JPEG n01\n", "ann", wnids); }, {"expected 'file<TAB>wnid...'"});
+  expect_error([&] { parse_val_annotations("v.JPEG\tn7\n", "ann", wnids); }, {"class id 'n7'"});
+}
+
+// Found by fuzz_tiny_imagenet: JPEGs whose Huffman table (DHT) declares more than 256 codes made
+// stb_image 2.27 write past its 257-entry size table (UBSan: index 257 out of bounds), in the decoder (a
+// progressive JPEG's second-scan table) and already in the header pass stbi_info runs (a table before the
+// frame header, among junk bytes stb skips). decode_image_bytes now validates the marker structure before
+// stb_image reads anything, including inputs stb takes for JPEGs because of leading FF fill bytes.
+TEST(FuzzRegressions, JpegHuffmanTablesWithTooManyCodesAreCleanErrors) {
+  const std::string dir = std::string(SPARROW_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_tiny_imagenet/";
+  std::vector<uint8_t> dst(3 * 64 * 64);
+  auto decode = [&](const std::vector<uint8_t>& b) {
+    return [&dst, b] { decode_image_bytes(b.data(), b.size(), "evil.jpg", 1 << 24, 64, dst.data()); };
+  };
+  const auto in_scan = read_all(dir + "crash-stb-dht-over-256-codes.jpg");
+  ASSERT_FALSE(in_scan.empty());
+  expect_error(decode(in_scan), {"evil.jpg", "Huffman table declares 450 codes"});
+  std::vector<uint8_t> filled = {0xFF, 0xFF};
+  filled.insert(filled.end(), in_scan.begin(), in_scan.end());
+  expect_error(decode(filled), {"evil.jpg", "Huffman table declares 450 codes"});
+  const auto in_header = read_all(dir + "crash-stb-dht-in-header-pass.jpg");
+  ASSERT_FALSE(in_header.empty());
+  expect_error(decode(in_header), {"evil.jpg", "corrupt JPEG"});
+  // A valid JPEG with the same structure still decodes.
+  const auto ok = read_all(dir + "progressive.jpg");
+  EXPECT_NO_THROW(decode(ok)());
+}
+
+// Every committed corpus file (valid seeds and the inputs of past crashes) goes through the same calls as
+// the fuzz targets: each loads or fails with a one-line sparrow::Error, and the valid seeds load.
+TEST(FuzzCorpus, DataParsersHandleEveryCorpusFile) {
+  int loaded = 0, files = 0;
+  for (const std::string& f : corpus_files("fuzz_cifar")) {
+    const auto b = read_all(f);
+    ++files;
+    for (int label_bytes : {1, 2}) {
+      ImageSet s;
+      try {
+        parse_cifar_bytes(b.data(), b.size(), f, label_bytes, label_bytes == 1 ? 10 : 100, s);
+        ++loaded;
+      } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+      }
+    }
+  }
+  EXPECT_GE(loaded, 2);
+  for (const std::string& f : corpus_files("fuzz_idx")) {
+    const auto b = read_all(f);
+    ++files;
+    try {
+      const IdxArray a = parse_idx_bytes(b.data(), b.size(), f);
+      EXPECT_EQ(a.data.size(), std::accumulate(a.dims.begin(), a.dims.end(), size_t(1), std::multiplies<size_t>()));
+      ++loaded;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GE(loaded, 2 + 5);
+  std::vector<uint8_t> dst(3 * 64 * 64);
+  int images = 0;
+  for (const std::string& f : corpus_files("fuzz_tiny_imagenet")) {
+    const auto b = read_all(f);
+    ++files;
+    const std::string text(b.begin(), b.end());
+    try {
+      parse_wnids(text, f);
+    } catch (const Error&) {
+    }
+    try {
+      parse_val_annotations(text, f, {"n01443537", "n01629819", "n01641577"});
+    } catch (const Error&) {
+    }
+    try {
+      decode_image_bytes(b.data(), b.size(), f, 1 << 24, 64, dst.data());
+      ++images;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GE(images, 9);  // the JPEG and PNG seeds
+  EXPECT_GE(files, 15);
 }

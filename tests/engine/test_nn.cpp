@@ -27,6 +27,8 @@ TEST(Module, ParameterCounts) {
   // Standard CIFAR figures: ResNet-20 0.27M (269,722), ResNet-56 0.85M (853,018).
   EXPECT_EQ(count(make_model({"resnet20", 10, 3, {}, ""}, 1)), 269722);
   EXPECT_EQ(count(make_model({"resnet56", 10, 3, {}, ""}, 1)), 853018);
+  // PDD's code variant of ResNet-20 (widening one block early): 0.339M (ALGORITHMS.md §3).
+  EXPECT_EQ(count(make_model({"resnet20-pdd", 10, 3, {}, ""}, 1)), 339034);
   // VGG-11-BN with PDD's classifier: 9,756,426 (ALGORITHMS.md: ≈9.76M).
   EXPECT_EQ(count(make_model({"vgg11", 10, 3, {}, "pdd"}, 1)), 9756426);
 }

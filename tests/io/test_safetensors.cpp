@@ -335,6 +335,36 @@ TEST_F(SafetensorsTest, RejectsOverlapsGapsAndLeftovers) {
                   "tensor 'z' data_offsets [4, 4] overlap tensor 'a' [0, 8]");
 }
 
+// A header of 100000 nested arrays parsed fine, then the error path quoted it with a recursive JSON dump
+// deep enough to exhaust the stack; nesting is now bounded while parsing.
+TEST_F(SafetensorsTest, RejectsDeeplyNestedHeaders) {
+  const int depth = 100000;
+  std::string h = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":" + std::string(depth, '[') +
+                  std::string(depth, ']') + "}}";
+  expect_rejected(raw_file(h, 4), "header nests JSON more than 8 levels deep (not a safetensors header)");
+  expect_rejected(raw_file("{\"__metadata__\":{\"a\":[[[[[[[[[[1]]]]]]]]]]}}", 0),
+                  "header nests JSON more than 8 levels deep (not a safetensors header)");
+}
+
+// Every committed fuzz corpus file (tests/fuzz/corpus/fuzz_safetensors: valid seeds and past crashes) is
+// read by both readers: each parses or fails with a one-line Error, and both readers agree.
+TEST_F(SafetensorsTest, EveryFuzzCorpusFileParsesOrFailsCleanly) {
+  const std::string dir = std::string(SPARROW_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_safetensors";
+  int files = 0, parsed = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string p = e.path().string();
+    const std::vector<uint8_t> bytes = read_file_bytes(p);
+    const std::string mem = error_of([&] { parse_safetensors(bytes.data(), bytes.size(), p); });
+    const std::string disk = error_of([&] { read_safetensors(p); });
+    EXPECT_EQ(mem, disk) << p;
+    EXPECT_EQ(mem.find('\n'), std::string::npos) << mem;
+    parsed += mem.empty();
+    ++files;
+  }
+  EXPECT_GE(files, 4);
+  EXPECT_GE(parsed, 4);  // the seeds are valid files
+}
+
 TEST_F(SafetensorsTest, MissingFile) {
   std::string p = path("missing.safetensors");
   EXPECT_EQ(error_of([&] { read_safetensors(p); }), "cannot open " + p + ": No such file or directory");

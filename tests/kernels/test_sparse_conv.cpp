@@ -155,8 +155,8 @@ TEST(SparseConvPattern, FromMaskMatchesFromIndices) {
   EXPECT_EQ(a.row_ptr.back(), a.nnz);
   for (int co = 0; co < s.cout; ++co)
     for (int64_t k = a.row_ptr[size_t(co)]; k < a.row_ptr[size_t(co) + 1]; ++k)
-      EXPECT_EQ(a.index[size_t(k)],
-                ((int64_t(co) * s.cin + a.tap_ci[size_t(k)]) * s.kh + a.tap_ky[size_t(k)]) * s.kw + a.tap_kx[size_t(k)]);
+      EXPECT_EQ(a.index[size_t(k)], ((int64_t(co) * s.cin + a.tap_ci[size_t(k)]) * s.kh + a.tap_ky[size_t(k)]) * s.kw +
+                                        a.tap_kx[size_t(k)]);
   // Holes: every third output channel has no kept weight.
   EXPECT_EQ(a.row_nnz(1), 0);
   EXPECT_EQ(a.row_nnz(4), 0);
@@ -172,7 +172,9 @@ TEST(SparseConvPattern, FromMaskMatchesFromIndices) {
         EXPECT_EQ(a.tap_ci[size_t(k)], ci);
         const int ry = ((a.tap_ky[size_t(k)] - s.pad) % 2 + 2) % 2, rx = ((a.tap_kx[size_t(k)] - s.pad) % 2 + 2) % 2;
         EXPECT_EQ(ry * 2 + rx, ph);
-        if (e > a.col_ptr[size_t(ci * ss + ph)]) EXPECT_GT(k, a.col_entry[size_t(e - 1)]);  // (co, ky, kx) order
+        if (e > a.col_ptr[size_t(ci * ss + ph)]) {
+          EXPECT_GT(k, a.col_entry[size_t(e - 1)]);  // (co, ky, kx) order
+        }
       }
 }
 
@@ -202,13 +204,13 @@ TEST(SparseConvPattern, RejectsBadInput) {
   std::vector<float> x(1000), y(1000), v(2, 1.0f);
   Conv2dShape other = s;
   other.stride = 2;
-  EXPECT_THROW(sparse_conv2d_forward_cpu(other, p, v.data(), x.data(), nullptr, y.data()), Error);
+  EXPECT_THROW(sparse_conv2d_forward_cpu<float>(other, p, v.data(), x.data(), nullptr, y.data()), Error);
   other = s;
   other.cin = 3;
   EXPECT_THROW(sparse_conv2d_backward_input_cpu(other, p, v.data(), x.data(), y.data()), Error);
   other = s;
   other.pad = 0;
-  EXPECT_THROW(sparse_conv2d_backward_weight_ref_cpu(other, p, x.data(), x.data(), y.data(), nullptr), Error);
+  EXPECT_THROW(sparse_conv2d_backward_weight_ref_cpu<float>(other, p, x.data(), x.data(), y.data(), nullptr), Error);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -234,6 +236,11 @@ std::vector<Conv2dShape> awkward_shapes() {
       shape(2, 3, 10, 9, 4, 5, 5, 3, 2),  shape(2, 6, 5, 5, 6, 3, 3, 1, 0),   shape(1, 2, 3, 3, 3, 3, 3, 1, 0),
       shape(1, 3, 6, 8, 4, 3, 1, 2, 1),   shape(2, 4, 1, 40, 3, 1, 3, 1, 1),  shape(1, 9, 13, 5, 2, 3, 3, 1, 2),
       shape(1, 4, 33, 37, 5, 3, 3, 1, 1), shape(2, 3, 12, 12, 4, 4, 4, 2, 1), shape(1, 2, 7, 7, 3, 2, 2, 2, 1),
+      // Batches that end in a partial image group (small maps are processed several images at a time).
+      shape(6, 8, 8, 8, 5, 3, 3, 1, 1),   shape(13, 3, 5, 5, 4, 1, 1, 1, 0), shape(9, 4, 4, 4, 3, 3, 3, 1, 1),
+      shape(7, 3, 9, 9, 2, 3, 3, 2, 1),
+      // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
+      shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
   };
 }
 
@@ -335,12 +342,16 @@ TEST(SparseConvCuda, MatchesCpu) {
   auto upload = [](const std::vector<float>& h) {
     float* d = nullptr;
     EXPECT_EQ(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(float)), cudaSuccess);
-    if (!h.empty()) EXPECT_EQ(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    if (!h.empty()) {
+      EXPECT_EQ(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    }
     return d;
   };
   auto download = [](const float* d, size_t n) {
     std::vector<float> h(n);
-    if (n) EXPECT_EQ(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    if (n) {
+      EXPECT_EQ(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
     return h;
   };
   std::vector<Conv2dShape> shapes = layer_shapes();
@@ -385,7 +396,8 @@ TEST(SparseConvCuda, Im2colHelpersMatchCpu) {
       for (int64_t r = 0; r < k; ++r)
         std::copy(img.begin() + r * p, img.begin() + (r + 1) * p, col_ref.begin() + r * s.n * p + n * p);
       for (int64_t r = 0; r < k; ++r)
-        std::copy(col_in.begin() + r * s.n * p + n * p, col_in.begin() + r * s.n * p + (n + 1) * p, img.begin() + r * p);
+        std::copy(col_in.begin() + r * s.n * p + n * p, col_in.begin() + r * s.n * p + (n + 1) * p,
+                  img.begin() + r * p);
       col2im_cpu(s, img.data(), dx_ref.data() + n * s.cin * s.h * s.w);
     }
     float *d_x, *d_col, *d_dx;
