@@ -265,7 +265,9 @@ int main(int argc, char** argv) {
           const auto plus = m.find('+');
           const std::string crit = m.substr(0, plus), sdm = m.substr(plus + 1);
           char name[128];
-          std::snprintf(name, sizeof name, "%s_s%.4g_seed%llu", m.c_str(), s, (unsigned long long)seed);
+          // The dense baseline does not depend on the sparsity: one run per seed, shown in every column.
+          if (crit == "dense") std::snprintf(name, sizeof name, "%s_seed%llu", m.c_str(), (unsigned long long)seed);
+          else std::snprintf(name, sizeof name, "%s_s%.4g_seed%llu", m.c_str(), s, (unsigned long long)seed);
           const std::string dir = o.out + "/" + name;
           SweepRow row{m, crit == "dense" ? 0.0 : s, seed};
           if (std::filesystem::exists(dir + "/summary.json")) {  // finished earlier: reuse (resumable sweeps)

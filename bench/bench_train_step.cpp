@@ -1,7 +1,10 @@
 // sparrow-bench-train-step: images/s of one SGD training step (forward + backward + update) on
 // CIFAR-shaped random input, one JSON line per configuration in the shape of
 // shared/tools/torch_baseline.py, plus an optional per-op breakdown (--breakdown).
-// Sparsity > 0 applies a global magnitude mask to conv and linear weights (as torch.nn.utils.prune does).
+// Sparsity > 0 applies a global magnitude mask to conv and linear weights (as torch.nn.utils.prune does),
+// unstructured or in b×b tiles of the GEMM view (--granularity block:32: the BSR kernels train those layers);
+// --scope layer prunes each layer to the same sparsity (global block pruning of a fresh VGG-11 at 0.9 would
+// empty its large-fan-in layers, whose initial weights are the smallest).
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +15,7 @@
 #include "engine/base/nvtx.h"
 #include "engine/optim.h"
 #include "compress/criteria.h"
+#include "compress/mask.h"
 #include "engine/sparse.h"
 #include "models/models.h"
 
@@ -21,12 +25,15 @@ namespace {
 // Global magnitude pruning of conv and linear weights (what torch.nn.utils.prune.global_unstructured with
 // L1 does); then either fixed-pattern sparse layers (the optimizer is built afterwards: nnz-sized state)
 // or dense weights held by optimizer masks (the reference path, PyTorch's situation).
-std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const std::string& kernels) {
+std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const std::string& kernels,
+                                              const MaskGranularity& granularity, Scope scope) {
   const SgdConfig cfg{0.1, 0.9, 0.0, 5e-4, false};
   if (sparsity == 0) return std::make_unique<Sgd>(m.parameters(), cfg);
   auto params = prunable_params(m);
   PruneConfig pc;
   pc.sparsity = sparsity;
+  pc.granularity = granularity;
+  pc.scope = scope;
   PruneResult pr = prune(params, score_magnitude(params), pc);
   apply_masks(params, pr.masks);
   if (kernels == "off") {
@@ -48,6 +55,8 @@ int main(int argc, char** argv) {
   bool breakdown = false;
   std::string device_name_opt = "cpu";
   std::string kernels = "auto";
+  std::string granularity = "unstructured";
+  std::string scope = "global";
   app.add_option("--model", model, "model name")->capture_default_str();
   app.add_option("--batch", batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "OpenMP threads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -58,15 +67,21 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name_opt, "cpu, cuda or auto")->capture_default_str();
   app.add_option("--sparse-kernels", kernels, "auto, on (direct sparse conv) or off (dense weights + masks)")
       ->capture_default_str();
+  app.add_option("--granularity", granularity, "mask granularity: unstructured, block:16, block:32, ...")
+      ->capture_default_str();
+  app.add_option("--scope", scope, "global or layer (top-k over all prunable weights or per layer)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     omp_set_num_threads(threads);
+    const MaskGranularity gran = parse_granularity(granularity);
+    const Scope prune_scope = parse_scope(scope);
     const Device dev = parse_device(device_name_opt);
     for (double s : sparsities) {
       SPARROW_CHECK(s >= 0 && s < 1, "--sparsity ", s, " outside [0, 1)");
       ModelPtr m = make_model({model, classes, 3, {}, ""}, 0);
       m->train();
-      std::unique_ptr<Sgd> optp = prune_and_make_optimizer(*m, s, kernels);  // on the host, before the move
+      std::unique_ptr<Sgd> optp = prune_and_make_optimizer(*m, s, kernels, gran, prune_scope);  // on the host, before the move
       Sgd& opt = *optp;
       m->to(dev);
       Rng rng(0);
@@ -97,7 +112,9 @@ int main(int argc, char** argv) {
       const double dt = profiler_now() - t0;
       profiler_enable(false);
       nlohmann::json j{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"batch", batch},
-                       {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
+                       {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"},
+                       {"granularity", s > 0 ? gran.str() : "none"},
+                       {"scope", s > 0 ? scope : "none"}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
       std::printf("%s\n", j.dump().c_str());
       if (breakdown) {
         nlohmann::json b{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"breakdown_ms_per_step", {}}};

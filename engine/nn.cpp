@@ -6,6 +6,7 @@
 #include <set>
 
 #include "engine/base/nvtx.h"
+#include "engine/bsr_op.h"
 #include "engine/sparse.h"
 #include "engine/sparse_conv_op.h"
 
@@ -218,6 +219,32 @@ Tensor WeightLayer::forward_weight() const {
   return sparse_ ? scatter_to_dense(sparse_->values, sparse_->pattern, sparse_->dense_shape) : weight;
 }
 
+int WeightLayer::bsr_block() const {
+  if (!sparse_) return 0;
+  if (bsr_key_.lock() != sparse_->pattern.impl_ptr()) {
+    bsr_block_ = detect_block(*sparse_);
+    bsr_layout_.reset();
+    bsr_key_ = sparse_->pattern.impl_ptr();
+  }
+  return bsr_block_;
+}
+
+bool WeightLayer::uses_bsr_kernel(Device device) const {
+  if (!is_sparse() || device != Device::CPU || sparse_->values.dtype() != DType::F32) return false;
+  const SparseKernelMode mode = sparse_kernel_mode();
+  if (mode == SparseKernelMode::Off ||
+      (mode == SparseKernelMode::Auto && sparse_->density() > bsr_kernel_crossover()))
+    return false;
+  return bsr_block() > 0;
+}
+
+const std::shared_ptr<const BsrLayout>& WeightLayer::bsr_layout() const {
+  const int b = bsr_block();  // refreshes the cache when the pattern changed
+  SPARROW_CHECK(b > 0, type_name(), ": the weight pattern is not block-structured");
+  if (!bsr_layout_) bsr_layout_ = bsr_layout_from_sparse(*sparse_, b);
+  return bsr_layout_;
+}
+
 void WeightLayer::sync_state() const { dense_weight(); }
 
 void WeightLayer::after_load() {
@@ -261,10 +288,12 @@ bool Conv2d::uses_sparse_kernel(Device device) const {
 
 Tensor Conv2d::forward(const Tensor& x) {
   Tensor y;
-  if (uses_sparse_kernel(x.device())) {
+  if (uses_bsr_kernel(x.device())) {
+    y = bsr_conv2d(x, sparse().values, bsr_layout(), bias, {k, k, stride, pad});
+  } else if (uses_sparse_kernel(x.device())) {
     const SparseWeight& sw = sparse();
-    const void* key = sw.pattern.impl_ptr().get();
-    if (!kernel_pattern_ || kernel_pattern_key_ != key) {
+    const std::shared_ptr<TensorImpl>& key = sw.pattern.impl_ptr();
+    if (!kernel_pattern_ || kernel_pattern_key_.lock() != key) {
       const Conv2dShape s{1, cin, k, k, cout, k, k, stride, pad};
       kernel_pattern_ = std::make_shared<const SparseConvPattern>(
           sparse_conv_pattern_from_indices(s, sw.pattern.data<int64_t>(), sw.nnz()));
@@ -289,7 +318,8 @@ Linear::Linear(int in, int out, bool with_bias, Rng& rng) : in(in), out(out) {
 }
 
 Tensor Linear::forward(const Tensor& x) {
-  Tensor y = linear(x, forward_weight(), bias);
+  Tensor y = uses_bsr_kernel(x.device()) ? bsr_linear(x, sparse().values, bsr_layout(), bias)
+                                         : linear(x, forward_weight(), bias);
   last_output_shape = y.shape();
   return y;
 }

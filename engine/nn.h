@@ -84,7 +84,11 @@ void init_bias_default(Tensor& b, int64_t fan_in, Rng& rng);
 // Build optimizers after make_sparse: the old "weight" handle stops being a parameter.
 // load_state_dict into a sparse layer: a saved mask equal to the pattern reloads the values at the
 // pattern; a different mask rebuilds the pattern (nnz may change). Entries off the mask load as zero.
+// Block-sparse layers: a sparse layer whose pattern is made of whole b×b tiles of the GEMM view (b = 32, 16
+// or 8, engine/bsr_op.h detect_block; e.g. a --granularity block:32 mask) runs through the BSR kernels on
+// the CPU in mode On, or Auto at density <= bsr_kernel_crossover(); every other layer keeps its path.
 struct SparseConvPattern;
+struct BsrLayout;
 
 class WeightLayer : public Module {
  public:
@@ -96,9 +100,14 @@ class WeightLayer : public Module {
   bool is_sparse() const { return sparse_ != nullptr; }
   const SparseWeight& sparse() const;
   Tensor dense_weight() const;  // the weight as a dense tensor (scatters the values when sparse)
+  // The pattern's block size (32, 16 or 8), 0 when dense or not block-structured. Detected once per pattern.
+  int bsr_block() const;
+  // Whether forward() runs the BSR kernels now (block-structured float layer, CPU, mode and density allow).
+  bool uses_bsr_kernel(Device device) const;
 
  protected:
   Tensor forward_weight() const;  // what forward multiplies by (differentiable w.r.t. the values)
+  const std::shared_ptr<const BsrLayout>& bsr_layout() const;  // built on first use, per pattern
   void sync_state() const override;
   void after_load() override;
 
@@ -106,6 +115,11 @@ class WeightLayer : public Module {
   void rebuild_from(const Tensor& dense, const Tensor& mask);
   std::shared_ptr<SparseWeight> sparse_;
   Tensor buffer_mask_;  // the "weight_mask" buffer while sparse
+  // Keyed by the pattern tensor's impl; a weak_ptr, so a new pattern allocated where a freed one lived
+  // never passes for it.
+  mutable std::weak_ptr<TensorImpl> bsr_key_;
+  mutable int bsr_block_ = 0;
+  mutable std::shared_ptr<const BsrLayout> bsr_layout_;
 };
 
 class Conv2d : public WeightLayer {
@@ -113,15 +127,16 @@ class Conv2d : public WeightLayer {
   Conv2d(int cin, int cout, int k, int stride, int pad, bool bias, Rng& rng);
   Tensor forward(const Tensor& x) override;
   const char* type_name() const override { return "Conv2d"; }
-  // Whether forward() runs the direct sparse kernel now (sparse layer, CPU, mode and density allow it).
+  // Whether the mode and density allow the direct sparse kernel (sparse layer, CPU); forward() runs it
+  // unless uses_bsr_kernel() takes the layer first.
   bool uses_sparse_kernel(Device device) const;
   int cin, cout, k, stride, pad;
 
  private:
   // The kernel's compressed pattern, built on first use from the layer's pattern and rebuilt when it
-  // changes (keyed by the pattern tensor's identity).
+  // changes (keyed by the pattern tensor's impl, held weakly as for the BSR layout).
   mutable std::shared_ptr<const SparseConvPattern> kernel_pattern_;
-  mutable const void* kernel_pattern_key_ = nullptr;
+  mutable std::weak_ptr<TensorImpl> kernel_pattern_key_;
 };
 
 class Linear : public WeightLayer {

@@ -2,7 +2,8 @@
 # The whole CUDA check in one command, for a machine with an NVIDIA GPU, the CUDA toolkit, CMake, Ninja and
 # a C++ compiler but none of our Debian packages and no network: unpacks the .deb files that
 # scripts/fetch-gpu-debs.sh downloaded beforehand (.deps/debs) into a private prefix (never into /),
-# configures for the local GPU's architecture, builds, runs every test (GPU ones included), runs the
+# configures for the local GPU's architecture, builds, runs every test (GPU ones included), runs
+# compute-sanitizer memcheck and racecheck over the CUDA test cases (time-boxed), runs the
 # training-step benchmark on CUDA and on the CPU and every other build/bin/sparrow-bench-* (with
 # --device cuda where the binary has that flag), and writes a short report (test summary + benchmark
 # table) to REPORT. Sized for one 10-minute command on an H100 with 16 cores.
@@ -10,7 +11,8 @@
 # Usage: scripts/gpu-check.sh REPORT
 # Environment: BUILD_DIR (default build-gpu), DEPS_PREFIX (default .deps/prefix, recreated each run),
 #   SPARROW_CUDA_ARCHS (default: the GPU's compute capability from nvidia-smi, e.g. 9.0 -> 90),
-#   STEPS (comma list of unpack,configure,build,test,bench; default all), JOBS (default nproc),
+#   STEPS (comma list of unpack,configure,build,test,sanitize,bench; default all), JOBS (default nproc),
+#   SANITIZE_BUDGET (seconds for compute-sanitizer memcheck + racecheck over the CUDA tests, default 150),
 #   CMAKE_EXTRA (more configure arguments), CTEST_ARGS (more ctest arguments).
 set -uo pipefail
 
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=$(realpath -m "${BUILD_DIR:-build-gpu}")
 prefix=$(realpath -m "${DEPS_PREFIX:-.deps/prefix}")
-steps=",${STEPS:-unpack,configure,build,test,bench},"
+steps=",${STEPS:-unpack,configure,build,test,sanitize,bench},"
 jobs=${JOBS:-$(nproc)}
 logdir="$build/gpu-check-logs"
 t_start=$SECONDS
@@ -211,6 +213,52 @@ if want test && [ $configured -eq 1 ]; then
   fi
   [ $ctest_rc -eq 0 ] || fail "ctest (log: $logdir/ctest.log)"
   say "tests done (rc $ctest_rc)"
+fi
+
+# ---------------------------------------------------------------- compute-sanitizer
+# memcheck (out-of-bounds and misaligned device accesses, API errors) and racecheck (shared-memory races)
+# over the CUDA test cases of the GPU-labelled binaries (suites named *Cuda*; the CPU parity parts already
+# ran under ASan in scripts/sanitize.sh), each run bounded so the whole script keeps its 10 minutes.
+if want sanitize && [ -d "$build/bin" ] && nvidia-smi >/dev/null 2>&1; then
+  csan=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  [ -x "$csan" ] || csan=$(dirname "$nvcc_bin")/compute-sanitizer
+  rep ""
+  rep "## compute-sanitizer (CUDA test cases)"
+  rep ""
+  if [ ! -x "$csan" ]; then
+    rep "compute-sanitizer not found next to nvcc: skipped"
+  else
+    budget=${SANITIZE_BUDGET:-150}
+    t_san=$SECONDS
+    rep "| tool | binary | result | seconds |"
+    rep "| --- | --- | --- | --- |"
+    # The heaviest case (a whole ResNet-20 step) and the CPU-emulated kernels are left out.
+    filter='*Cuda*:-*ResNet20*:*Emulated*'
+    for tool in memcheck racecheck; do
+      for t in test_cuda_ops test_cuda_storage test_elementwise test_distill test_sparse_conv test_bsr; do
+        bin="$build/bin/$t"
+        [ -x "$bin" ] || continue
+        left=$((budget - (SECONDS - t_san)))
+        if [ $left -lt 15 ] || [ $((SECONDS - t_start)) -gt 480 ]; then rep "| $tool | $t | skipped (time budget) | - |"; continue; fi
+        limit=$((left < 90 ? left : 90))
+        t_one=$SECONDS
+        timeout "$limit" "$csan" --tool "$tool" --error-exitcode 99 --print-limit 20 \
+          "$bin" --gtest_filter="$filter" >"$logdir/$tool-$t.log" 2>&1
+        rc=$?
+        errs=$(grep -oE "ERROR SUMMARY: [0-9]+ error" "$logdir/$tool-$t.log" | tail -1)
+        case $rc in
+          0) result="clean (${errs:-no summary})" ;;
+          99) result="ERRORS: ${errs:-see log}"; fail "compute-sanitizer $tool $t (log: $logdir/$tool-$t.log)" ;;
+          124) result="timed out after ${limit}s (no error before that)" ;;
+          *) result="test failed under the tool (rc $rc)"; fail "compute-sanitizer $tool $t rc $rc (log: $logdir/$tool-$t.log)" ;;
+        esac
+        [ $rc -eq 124 ] && grep -q "========= Invalid\|========= Race" "$logdir/$tool-$t.log" &&
+          { result="ERRORS before the timeout"; fail "compute-sanitizer $tool $t"; }
+        rep "| $tool | $t | $result | $((SECONDS - t_one)) |"
+      done
+    done
+    say "compute-sanitizer done ($((SECONDS - t_san)) s)"
+  fi
 fi
 
 # ---------------------------------------------------------------- benchmarks

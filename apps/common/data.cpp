@@ -27,7 +27,7 @@ DataBundle load_data(const CommonOptions& o, double val_fraction) {
   d.channels = d.train.channels;
   d.height = d.train.height;
   d.width = d.train.width;
-  d.train_aug = default_augment(o.dataset, d.channels, true);
+  d.train_aug = default_augment(o.dataset, d.channels, o.augment == "default");
   d.test_aug = default_augment(o.dataset, d.channels, false);
   check_augment(d.train_aug, d.channels, d.height, d.width);
   SPARROW_CHECK(d.train.n > 0, "--dataset ", o.dataset, ": the training split is empty");

@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -26,6 +27,7 @@ AppCli::AppCli(std::string app_name, std::string description) : name_(std::move(
   app_.add_option("--wd", o.weight_decay, "weight decay (coupled, as torch.optim.SGD)");
   app_.add_flag("--nesterov", o.nesterov, "Nesterov momentum");
   app_.add_option("--schedule", o.schedule, "constant, cosine or multistep:E1,E2,... (x0.1 at each)");
+  app_.add_option("--augment", o.augment, "training augmentation: default (the dataset's crop/flip) or none");
   app_.add_option("--seed", o.seed, "seed for init, data order and augmentation");
   app_.add_option("--threads", o.threads, "CPU threads (OpenMP)");
   app_.add_option("--limit-train", o.limit_train, "use N training images (0: all)");
@@ -76,6 +78,7 @@ int AppCli::parse(int argc, char** argv) {
       keep("--wd", &CommonOptions::weight_decay);
       keep("--nesterov", &CommonOptions::nesterov);
       keep("--schedule", &CommonOptions::schedule);
+      keep("--augment", &CommonOptions::augment);
       keep("--limit-train", &CommonOptions::limit_train);
       keep("--limit-test", &CommonOptions::limit_test);
     }
@@ -91,10 +94,15 @@ void AppCli::validate() {
   auto& o = opts_;
   SPARROW_CHECK(o.epochs >= 0, "--epochs must be >= 0, got ", o.epochs);
   SPARROW_CHECK(o.batch_size > 0, "--batch-size must be positive, got ", o.batch_size);
-  SPARROW_CHECK(o.lr >= 0, "--lr must be >= 0, got ", o.lr);
+  // NaN fails every comparison, so these also reject "nan"; infinities are named separately.
+  SPARROW_CHECK(o.lr >= 0 && std::isfinite(o.lr), "--lr must be a finite number >= 0, got ", o.lr);
   SPARROW_CHECK(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
-  SPARROW_CHECK(o.weight_decay >= 0, "--wd must be >= 0, got ", o.weight_decay);
-  SPARROW_CHECK(o.threads > 0, "--threads must be positive, got ", o.threads);
+  SPARROW_CHECK(o.weight_decay >= 0 && std::isfinite(o.weight_decay), "--wd must be a finite number >= 0, got ",
+                o.weight_decay);
+  SPARROW_CHECK(o.augment == "default" || o.augment == "none", "--augment: expected default or none, got '",
+                o.augment, "'");
+  // OpenMP aborts the process when it cannot create the threads asked for: keep the request sane.
+  SPARROW_CHECK(o.threads > 0 && o.threads <= 1024, "--threads must be in [1, 1024], got ", o.threads);
   SPARROW_CHECK(o.limit_train >= 0 && o.limit_test >= 0, "--limit-train/--limit-test must be >= 0");
   SPARROW_CHECK(o.checkpoint_every >= 0, "--checkpoint-every must be >= 0");
   SPARROW_CHECK(!o.resume || !o.out.empty(), "--resume needs --out (the run folder to resume)");
@@ -131,7 +139,7 @@ nlohmann::json AppCli::config_json() const {
   j["resolved"] = {{"dataset", o.dataset}, {"model", o.model},       {"widths", o.widths},
                    {"epochs", o.epochs},   {"batch_size", o.batch_size}, {"lr", o.lr},
                    {"momentum", o.momentum}, {"weight_decay", o.weight_decay}, {"nesterov", o.nesterov},
-                   {"schedule", o.schedule}, {"seed", o.seed}, {"device", device_name(o.resolved_device)},
+                   {"schedule", o.schedule}, {"augment", o.augment}, {"seed", o.seed}, {"device", device_name(o.resolved_device)},
                    {"threads", o.threads}, {"limit_train", o.limit_train}, {"limit_test", o.limit_test},
                    {"preset", o.preset}};
   return j;

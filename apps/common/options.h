@@ -26,6 +26,7 @@ struct CommonOptions {
   double weight_decay = 5e-4;
   bool nesterov = false;
   std::string schedule = "cosine";
+  std::string augment = "default";  // default: the dataset's (crop/flip); none: normalisation only
   uint64_t seed = 0;
   int threads = 2;
   int64_t limit_train = 0;

@@ -81,7 +81,12 @@ std::string first_non_finite(Model& model) {
   return "";
 }
 
-void install_interrupt_handler() { std::signal(SIGINT, on_sigint); }
+void install_interrupt_handler() {
+  std::signal(SIGINT, on_sigint);
+  // A write past the file-size limit (ulimit -f) then fails with EFBIG, which the atomic checkpoint
+  // write reports as one line keeping the previous file, instead of the signal killing the run.
+  std::signal(SIGXFSZ, SIG_IGN);
+}
 bool interrupt_requested() { return g_interrupt.load(); }
 
 Trainer::Trainer(const AppCli& cli, const DataBundle& data, Model& model, Sgd& opt, const LrSchedule& schedule,

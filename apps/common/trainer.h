@@ -75,7 +75,8 @@ class Trainer {
 // host: for diagnostics and checkpoint checks, never on the per-step path.
 std::string first_non_finite(Model& model);
 
-// Installs a SIGINT handler for the trainer (the first Ctrl-C asks for a clean save-and-stop).
+// Installs a SIGINT handler for the trainer (the first Ctrl-C asks for a clean save-and-stop) and ignores
+// SIGXFSZ (a file-size limit then fails the write with a clear error, as a full disk does).
 void install_interrupt_handler();
 bool interrupt_requested();
 

@@ -81,10 +81,11 @@ std::string shown(const std::string& s) {
   return s.size() > 80 ? out + "..." : out;
 }
 
-// stb_image 2.27 (Debian 12's libstb-dev) trusts some JPEG header fields it should not: a Huffman table
-// (DHT) declaring more than 256 codes makes it write past the table (found by tests/fuzz/fuzz_tiny_imagenet;
-// upstream added the check in 2.28). So the marker structure of a JPEG is validated here first, through
-// every segment and scan: segment lengths inside the file and Huffman tables within their limits.
+// stb_image 2.27 (Debian 12's libstb-dev) trusts some JPEG fields it should not (found by
+// tests/fuzz/fuzz_tiny_imagenet): a Huffman table (DHT) declaring more than 256 codes makes it write past
+// the table, and a scan using a Huffman table no DHT defined makes it index with uninitialised memory. So
+// the marker structure of a JPEG is validated here first, through every segment and scan: segment lengths
+// inside the file, Huffman tables within their limits and defined before a scan uses them.
 void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name) {
   // stb_image takes any input starting with FF (FF ...) D8 for a JPEG: so does this check.
   size_t pos = 0;
@@ -92,6 +93,8 @@ void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name
   while (pos < size && b[pos] == 0xFF) ++pos;
   if (pos >= size || b[pos] != 0xD8) return;
   ++pos;  // after SOI
+  bool dc_defined[4] = {false, false, false, false}, ac_defined[4] = {false, false, false, false};
+  uint8_t frame = 0;  // the SOFn marker seen (C0/C1 sequential, C2 progressive)
   while (pos < size) {
     SPARROW_CHECK(b[pos] == 0xFF, name, ": corrupt JPEG (no marker at byte ", pos, ")");
     while (pos < size && b[pos] == 0xFF) ++pos;  // fill bytes
@@ -106,6 +109,21 @@ void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name
                   " at byte ", pos - 2, " runs past the end of the file)");
     const uint8_t* seg = b + pos + 2;
     const size_t seg_len = len - 2;
+    if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) frame = m;  // SOFn
+    if (m == 0xDA) {  // SOS: Ns, Ns x (component, DC table << 4 | AC table), Ss, Se, Ah << 4 | Al
+      const size_t ns = seg_len > 0 ? seg[0] : 0;
+      SPARROW_CHECK(ns >= 1 && ns <= 4 && seg_len == 4 + 2 * ns, name, ": corrupt JPEG (bad scan header)");
+      SPARROW_CHECK(frame != 0, name, ": corrupt JPEG (scan before the frame header)");
+      const int ss = seg[1 + 2 * ns], ah = seg[3 + 2 * ns] >> 4;
+      const bool progressive = frame == 0xC2;
+      for (size_t c = 0; c < ns; ++c) {
+        const int td = seg[2 + 2 * c] >> 4, ta = seg[2 + 2 * c] & 15;
+        SPARROW_CHECK(td <= 3 && ta <= 3, name, ": corrupt JPEG (scan selects Huffman table ", td, "/", ta, ")");
+        const bool uses_dc = !progressive || (ss == 0 && ah == 0), uses_ac = !progressive || ss > 0;
+        SPARROW_CHECK((!uses_dc || dc_defined[td]) && (!uses_ac || ac_defined[ta]), name,
+                      ": corrupt JPEG (a scan uses a Huffman table that was never defined)");
+      }
+    }
     if (m == 0xC4) {  // DHT: one or more tables of 1 + 16 + n bytes
       size_t t = 0;
       while (t < seg_len) {
@@ -116,6 +134,7 @@ void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name
         for (int i = 1; i <= 16; ++i) n += seg[t + i];
         SPARROW_CHECK(n <= 256, name, ": corrupt JPEG (Huffman table declares ", n, " codes, at most 256)");
         SPARROW_CHECK(t + 17 + n <= seg_len, name, ": corrupt JPEG (Huffman table longer than its segment)");
+        (tc == 0 ? dc_defined : ac_defined)[th] = true;
         t += 17 + n;
       }
     }

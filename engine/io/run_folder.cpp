@@ -100,6 +100,8 @@ void append_jsonl(const std::string& path, const nlohmann::json& row) {
 RunFolder::RunFolder(std::string dir) : dir_(std::move(dir)) {
   SPARROW_CHECK(!dir_.empty(), "--out: the run folder path is empty");
   make_dirs(dir_);
+  // A run killed mid-write leaves its temp files behind; they were never renamed, so they are garbage.
+  for (const char* f : {kConfig, kMetrics, kSummary}) remove_stale_temp_files(path(f));
 }
 
 std::string RunFolder::path(const std::string& name) const {

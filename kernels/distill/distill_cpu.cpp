@@ -160,11 +160,15 @@ struct RefTransform {
 // factor folds into two constants, rows shorter than a block are padded to whole vectors, and
 // gradients larger than the last-level cache go out with non-temporal stores.
 constexpr int kBlock = 512;
-// OpenMP over rows only when the batch is worth a fork/join (~4 µs with 2 threads here). Work is counted
-// in element-equivalents: a row costs ~0.75 ns per class plus ~100 ns of fixed work (logs, merges),
-// i.e. cols + 128; the break-even measured at ~12K (64×10 stays serial, 64×100 and 128×10 split).
+// OpenMP over rows only for batches where a fork/join cannot dominate. Work is counted in
+// element-equivalents: a row costs ~0.75 ns per class plus ~100 ns of fixed work (logs, merges), i.e.
+// cols + 128. On an idle machine two threads already pay off from ~12K (~10 µs serial), but every
+// parallel region also waits for the slowest thread to be scheduled, and on a shared machine that can
+// be a whole scheduler time slice (measured: 128×10 and 128×100 batches fell from ~8M to ~5K rows/s
+// while other processes were running). 64K (~50 µs serial, PyTorch's grain size is 32K elements)
+// keeps the CIFAR-sized batches serial and the large ones parallel.
 constexpr int64_t kRowOverheadElems = 128;
-constexpr int64_t kParallelMinWork = 12288;
+constexpr int64_t kParallelMinWork = 65536;
 
 // A 64-byte-aligned growable array: whole-vector stores into it never split a cache line, so the
 // loads that follow (the next pass) are forwarded from the store buffer instead of stalling.
@@ -615,7 +619,9 @@ double distill_kl_cpu(int rows, int cols, const T* zs, const T* zt, const int64_
 #pragma omp atomic write
       scratch_failed = true;
     }
-#pragma omp for schedule(static)
+    // Dynamic chunks of rows: a thread that is descheduled for a while does not hold its static share
+    // hostage (rows are independent, so results do not depend on who computes which).
+#pragma omp for schedule(dynamic, 4)
     for (int r = 0; r < rows; ++r) losses[size_t(r)] = ok ? row(r, sc) : 0.0;
     if (cfg.stream_out) stream_fence();  // before the region's closing barrier
   }

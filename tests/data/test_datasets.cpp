@@ -660,6 +660,23 @@ TEST(FuzzRegressions, JpegHuffmanTablesWithTooManyCodesAreCleanErrors) {
   EXPECT_NO_THROW(decode(ok)());
 }
 
+// Found by fuzz_tiny_imagenet: a PNG with an empty IDAT chunk made stb_image 2.27 memcpy through a null
+// pointer (UBSan: null pointer passed as argument 1). The chunk structure is now checked first.
+TEST(FuzzRegressions, PngWithAnEmptyIdatChunkIsACleanError) {
+  const auto bytes = read_all(std::string(SPARROW_SOURCE_DIR) +
+                              "/tests/fuzz/corpus/fuzz_tiny_imagenet/crash-stb-png-empty-idat.png");
+  ASSERT_FALSE(bytes.empty());
+  std::vector<uint8_t> dst(3 * 64 * 64);
+  expect_error([&] { decode_image_bytes(bytes.data(), bytes.size(), "evil.png", 1 << 24, 64, dst.data()); },
+               {"evil.png", "empty IDAT chunk"});
+  // A chunk length pointing past the end of the file.
+  std::vector<uint8_t> cut = read_all(std::string(SPARROW_SOURCE_DIR) + "/tests/fuzz/corpus/fuzz_tiny_imagenet/rgb.png");
+  ASSERT_GT(cut.size(), 40u);
+  cut.resize(cut.size() - 20);
+  expect_error([&] { decode_image_bytes(cut.data(), cut.size(), "cut.png", 1 << 24, 64, dst.data()); },
+               {"cut.png", "corrupt PNG"});
+}
+
 // Every committed corpus file (valid seeds and the inputs of past crashes) goes through the same calls as
 // the fuzz targets: each loads or fails with a one-line sparrow::Error, and the valid seeds load.
 TEST(FuzzCorpus, DataParsersHandleEveryCorpusFile) {

@@ -422,6 +422,28 @@ TEST_F(SafetensorsTest, AbandonedAtomicFileRemovesTemp) {
   EXPECT_EQ(listing(), std::vector<std::string>{"x.bin"});
 }
 
+// A writer SIGKILLed mid-write leaves "<path>.tmp.<pid>.<n>"; remove_stale_temp_files deletes those of dead
+// processes only: a live writer's temp file, the file itself and look-alike names stay.
+TEST_F(SafetensorsTest, StaleTempFilesOfDeadWritersAreRemoved) {
+  const std::string p = path("ck.safetensors");
+  write_file_atomic(p, std::string("checkpoint"));
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  ASSERT_GT(dead, 0);
+  waitpid(dead, nullptr, 0);
+  const std::string mine = std::to_string(getpid()), gone = std::to_string(dead);
+  for (const std::string& n : std::vector<std::string>{"ck.safetensors.tmp." + gone + ".0", "ck.safetensors.tmp." + gone + ".7",
+                               "ck.safetensors.tmp." + mine + ".3", std::string("ck.safetensors.tmp.x.1"),
+                               "other.safetensors.tmp." + gone + ".0", "ck.safetensors.tmp." + gone})
+    write_file_atomic(path(n), std::string("partial"));
+  EXPECT_EQ(remove_stale_temp_files(p), 2);
+  EXPECT_EQ(listing(), (std::vector<std::string>{"ck.safetensors", "ck.safetensors.tmp." + gone,
+                                                 "ck.safetensors.tmp." + mine + ".3", std::string("ck.safetensors.tmp.x.1"),
+                                                 "other.safetensors.tmp." + gone + ".0"}));
+  EXPECT_EQ(read_file_text(p), "checkpoint");
+  EXPECT_EQ(remove_stale_temp_files(path("missing/none.safetensors")), 0);
+}
+
 // A full disk, simulated: the child process may only write 4 KiB per file (RLIMIT_FSIZE, SIGXFSZ ignored so
 // write(2) returns EFBIG). The old checkpoint must survive and the temp file must be gone.
 TEST_F(SafetensorsTest, FailedWriteOnFileSizeLimitKeepsOldFile) {
