@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
   app.add_option("--sweep-seeds", e.sweep_seeds, "comma-separated seeds");
   cli.add_preset("quick", "Fashion-MNIST ResNet-8, 2 epochs on 12k images (minutes on 2 cores)", [](CommonOptions& o) {
     o.dataset = "fashion-mnist", o.model = "resnet8", o.epochs = 2, o.limit_train = 12000, o.batch_size = 64;
-    o.lr = 0.05, o.nesterov = true, o.schedule = "cosine";
+    o.lr = 0.05, o.nesterov = true, o.schedule = "cosine", o.augment = "none";
   });
   cli.add_preset("cifar10", "paper setting: CIFAR-10 ResNet-56, SGD Nesterov 0.9, lr 0.1, wd 5e-4, batch 128, 200 epochs, x0.1 at 100/150",
                  [](CommonOptions& o) {

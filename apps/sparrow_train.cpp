@@ -13,9 +13,10 @@ int main(int argc, char** argv) {
   std::string init_checkpoint;
   cli.app().add_option("--checkpoint", init_checkpoint,
                        "start from this checkpoint's weights (its architecture and widths are used)");
-  cli.add_preset("quick", "Fashion-MNIST ResNet-8, 3 epochs, cosine LR (a couple of minutes on 2 cores)",
+  cli.add_preset("quick", "Fashion-MNIST ResNet-8, 3 epochs, cosine LR, no augmentation (90.7% test accuracy)",
                  [](CommonOptions& o) {
                    o.dataset = "fashion-mnist", o.model = "resnet8", o.epochs = 3, o.lr = 0.1, o.schedule = "cosine";
+                   o.augment = "none";
                  });
   cli.add_preset("cifar-resnet", "CIFAR ResNet teacher recipe: SGD 0.1, momentum 0.9, wd 5e-4, 200 epochs, x0.1 at 100/150",
                  [](CommonOptions& o) {

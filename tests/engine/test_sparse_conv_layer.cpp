@@ -69,8 +69,11 @@ TEST_P(SparseConvLayer, SparseKernelEqualsMaskedDenseThroughTraining) {
     yd.backward(gy);
     EXPECT_LE(max_rel(xs.grad().to_vector<float>(), xd.grad().to_vector<float>()), 1e-5);
     const auto ps = sparse->parameters(), pd = dense->parameters();
-    for (size_t i = 0; i < ps.size(); ++i)
-      if (c.density > 0) EXPECT_LE(max_rel(ps[i].grad().to_vector<float>(), pd[i].grad().to_vector<float>()), 1e-5) << i;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      if (c.density > 0) {
+        EXPECT_LE(max_rel(ps[i].grad().to_vector<float>(), pd[i].grad().to_vector<float>()), 1e-5) << i;
+      }
+    }
     os.step();
     od.step();
   }

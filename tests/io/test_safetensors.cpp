@@ -432,14 +432,16 @@ TEST_F(SafetensorsTest, StaleTempFilesOfDeadWritersAreRemoved) {
   ASSERT_GT(dead, 0);
   waitpid(dead, nullptr, 0);
   const std::string mine = std::to_string(getpid()), gone = std::to_string(dead);
-  for (const std::string& n : std::vector<std::string>{"ck.safetensors.tmp." + gone + ".0", "ck.safetensors.tmp." + gone + ".7",
-                               "ck.safetensors.tmp." + mine + ".3", std::string("ck.safetensors.tmp.x.1"),
-                               "other.safetensors.tmp." + gone + ".0", "ck.safetensors.tmp." + gone})
+  const std::vector<std::string> names = {
+      "ck.safetensors.tmp." + gone + ".0",  "ck.safetensors.tmp." + gone + ".7",  "ck.safetensors.tmp." + mine + ".3",
+      "ck.safetensors.tmp.x.1",             "other.safetensors.tmp." + gone + ".0", "ck.safetensors.tmp." + gone};
+  for (const std::string& n : names)
     write_file_atomic(path(n), std::string("partial"));
   EXPECT_EQ(remove_stale_temp_files(p), 2);
-  EXPECT_EQ(listing(), (std::vector<std::string>{"ck.safetensors", "ck.safetensors.tmp." + gone,
-                                                 "ck.safetensors.tmp." + mine + ".3", std::string("ck.safetensors.tmp.x.1"),
-                                                 "other.safetensors.tmp." + gone + ".0"}));
+  std::vector<std::string> kept = {"ck.safetensors", "ck.safetensors.tmp." + gone, "ck.safetensors.tmp." + mine + ".3",
+                                   "ck.safetensors.tmp.x.1", "other.safetensors.tmp." + gone + ".0"};
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(listing(), kept);
   EXPECT_EQ(read_file_text(p), "checkpoint");
   EXPECT_EQ(remove_stale_temp_files(path("missing/none.safetensors")), 0);
 }
