@@ -8,9 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <system_error>
+#include <thread>
 
 #include "engine/base/error.h"
 
@@ -30,6 +34,16 @@ std::string parent_dir(const std::string& path) {
 std::string temp_name(const std::string& path) {
   static std::atomic<unsigned long> counter{0};
   return str(path, ".tmp.", static_cast<long>(::getpid()), ".", counter.fetch_add(1));
+}
+
+// Fault-injection hook for the kill tests: SPARROW_FAULT_WRITE_DELAY_US=<n> sleeps n microseconds after
+// every write() so a signal aimed at a write in progress lands inside it on any machine. Unset: no delay.
+long write_delay_us() {
+  static const long us = [] {
+    const char* v = std::getenv("SPARROW_FAULT_WRITE_DELAY_US");
+    return v ? std::max(0L, std::strtol(v, nullptr, 10)) : 0L;
+  }();
+  return us;
 }
 
 }  // namespace
@@ -71,6 +85,7 @@ void AtomicFile::write(const void* data, size_t size) {
     p += n;
     size -= static_cast<size_t>(n);
   }
+  if (const long us = write_delay_us()) std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 
 void AtomicFile::commit() {

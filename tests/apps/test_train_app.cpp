@@ -161,6 +161,8 @@ TEST(TrainApp, KilledRunResumesToTheSameFinalWeights) {
     for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     freopen("/dev/null", "w", stdout);
+    // Each checkpoint write takes ~0.1 s more, so the run outlasts the poll below on any machine.
+    setenv("SPARROW_FAULT_WRITE_DELAY_US", "2000", 1);
     execv(exe.c_str(), argv.data());
     _exit(127);
   }
