@@ -269,7 +269,8 @@ int main(int argc, char** argv) {
           if (crit == "dense") std::snprintf(name, sizeof name, "%s_seed%llu", m.c_str(), (unsigned long long)seed);
           else std::snprintf(name, sizeof name, "%s_s%.4g_seed%llu", m.c_str(), s, (unsigned long long)seed);
           const std::string dir = o.out + "/" + name;
-          SweepRow row{m, crit == "dense" ? 0.0 : s, seed};
+          SweepRow row;
+          row.method = m, row.sparsity = crit == "dense" ? 0.0 : s, row.seed = seed;
           if (std::filesystem::exists(dir + "/summary.json")) {  // finished earlier: reuse (resumable sweeps)
             auto sj = read_json(dir + "/summary.json");
             row.test_accuracy = sj["test_accuracy"], row.achieved_sparsity = sj["sparsity"];
@@ -277,15 +278,18 @@ int main(int argc, char** argv) {
             row.sparsity = s;
           } else {
             if (!o.quiet) std::printf("== %s (sparsity %.4g, seed %llu)\n", m.c_str(), s, (unsigned long long)seed);
-            RunOutcome r = run_one(cli, data, e, crit, sdm, crit == "dense" ? 0.0 : s, seed, dir);
-            if (r.interrupted) return kExitInterrupted;
-            row.test_accuracy = r.test_accuracy, row.achieved_sparsity = r.achieved_sparsity, row.wall_seconds = r.seconds;
             row.sparsity = s;
+            bool interrupted = false;
+            run_sweep_cell("sparrow-epsd", row, [&] {
+              RunOutcome r = run_one(cli, data, e, crit, sdm, crit == "dense" ? 0.0 : s, seed, dir);
+              interrupted = r.interrupted;
+              row.test_accuracy = r.test_accuracy, row.achieved_sparsity = r.achieved_sparsity, row.wall_seconds = r.seconds;
+            });
+            if (interrupted) return kExitInterrupted;
           }
           rows.push_back(row);
           write_sweep_reports(o.out, rows, "EPSD: " + o.model + " on " + o.dataset);
         }
-    std::printf("\n%s\nreports: %s/results.csv, results.md, accuracy.svg\n", sweep_markdown(rows).c_str(), o.out.c_str());
-    return 0;
+    return finish_sweep("sparrow-epsd", o.out, rows);
   });
 }

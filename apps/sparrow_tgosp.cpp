@@ -400,21 +400,26 @@ int main(int argc, char** argv) {
           char name[128];
           std::snprintf(name, sizeof name, "%s_s%.4g", m.c_str(), s);
           const std::string dir = shared + "/" + name;
-          SweepRow row{m, s, seed};
+          SweepRow row;
+          row.method = m, row.sparsity = s, row.seed = seed;
           if (fs::exists(dir + "/summary.json")) {
             auto sj = read_json(dir + "/summary.json");
             row.test_accuracy = sj["test_accuracy"], row.achieved_sparsity = sj["sparsity"], row.wall_seconds = sj["wall_seconds"];
           } else {
             if (!o.quiet) std::printf("== %s (sparsity %.4g, seed %llu)\n", m.c_str(), s, (unsigned long long)seed);
-            RunOutcome r = run_one(cli, data, t, *teacher, m.substr(0, plus), m.substr(plus + 1), s, seed, dir, shared);
-            if (r.interrupted) return kExitInterrupted;
-            row.test_accuracy = r.test_accuracy, row.achieved_sparsity = r.achieved_sparsity, row.wall_seconds = r.seconds;
+            bool interrupted = false;
+            run_sweep_cell("sparrow-tgosp", row, [&] {
+              RunOutcome r =
+                  run_one(cli, data, t, *teacher, m.substr(0, plus), m.substr(plus + 1), s, seed, dir, shared);
+              interrupted = r.interrupted;
+              row.test_accuracy = r.test_accuracy, row.achieved_sparsity = r.achieved_sparsity, row.wall_seconds = r.seconds;
+            });
+            if (interrupted) return kExitInterrupted;
           }
           rows.push_back(row);
           write_sweep_reports(o.out, rows, "TGOSP: " + t.student + " on " + o.dataset);
         }
     }
-    std::printf("\n%s\nreports: %s/results.csv, results.md, accuracy.svg\n", sweep_markdown(rows).c_str(), o.out.c_str());
-    return 0;
+    return finish_sweep("sparrow-tgosp", o.out, rows);
   });
 }

@@ -1,64 +1,50 @@
-// The channel-gate op (CPU, float/double), the gate module, and insertion at PDD's placements.
+// The channel-gate op (CPU float/double, CUDA float; kernels/gate), the gate module, and insertion at PDD's placements.
 #include "compress/gates.h"
 
 #include <algorithm>
 #include <cmath>
 
-namespace sparrow {
+#include "kernels/gate/gate.h"
 
-namespace {
-template <typename T>
-T gate_value(T m) { return m > T(0) ? T(1) : (m < T(0) ? T(0) : T(0.5)); }
-}  // namespace
+namespace sparrow {
 
 Tensor channel_gate(const Tensor& x, const Tensor& m) {
   check_float(x, "channel_gate", "x");
   SPARROW_CHECK((x.dim() == 4 || x.dim() == 2) && m.dim() == 1 && m.numel() == x.size(1) && m.dtype() == x.dtype(),
                 "channel_gate: gate of shape ", m.shape_str(), " for input ", x.shape_str(),
                 " (expected N×C×H×W or N×C and C gates of the same dtype)");
-  SPARROW_CHECK(x.device() == Device::CPU && m.device() == Device::CPU,
-                "channel_gate has no CUDA path in this build yet; run it with --device cpu");
+  SPARROW_CHECK(x.device() == m.device(), "channel_gate: input on ", device_name(x.device()), ", gates on ",
+                device_name(m.device()));
+  const bool cuda = x.device() == Device::CUDA;
+  SPARROW_CHECK(!cuda || x.dtype() == DType::F32, "channel_gate: the CUDA path is float32 only, got ",
+                dtype_name(x.dtype()));
   const int64_t n = x.size(0), c = x.size(1), hw = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  auto run = [&](auto t) {
-    using T = decltype(t);
-    const T* px = x.data<T>();
-    const T* pm = m.data<T>();
-    T* py = y.data<T>();
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const T g = gate_value(pm[ch]);
-        const int64_t base = (i * c + ch) * hw;
-        for (int64_t k = 0; k < hw; ++k) py[base + k] = g * px[base + k];
-      }
-  };
-  if (x.dtype() == DType::F64) run(double{});
-  else run(float{});
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (cuda) {
+#if SPARROW_HAS_CUDA
+    gate_forward_cuda(n, c, hw, x.data<float>(), m.data<float>(), y.data<float>());
+#endif
+  } else if (x.dtype() == DType::F64) {
+    gate_forward_cpu<double>(n, c, hw, x.data<double>(), m.data<double>(), y.data<double>());
+  } else {
+    gate_forward_cpu<float>(n, c, hw, x.data<float>(), m.data<float>(), y.data<float>());
+  }
   Tensor xd = x.detach(), md = m.detach();
-  return record(y, "channel_gate", {x, m}, [xd, md, n, c, hw](const Tensor& g, const std::vector<bool>& needs) {
-    Tensor dx = needs[0] ? Tensor::empty(xd.shape(), xd.dtype()) : Tensor();
-    Tensor dm = needs[1] ? Tensor::empty({c}, xd.dtype()) : Tensor();
-    auto back = [&](auto t) {
-      using T = decltype(t);
-      const T* px = xd.data<T>();
-      const T* pm = md.data<T>();
-      const T* pg = g.data<T>();
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const T gv = gate_value(pm[ch]);
-        double acc = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t base = (i * c + ch) * hw;
-          for (int64_t k = 0; k < hw; ++k) {
-            if (needs[0]) dx.data<T>()[base + k] = gv * pg[base + k];
-            acc += double(pg[base + k]) * double(px[base + k]);
-          }
-        }
-        // ApproxSign: d sign(m)/dm = max(0, 2 − 2|m|), and g = (sign+1)/2 halves it.
-        if (needs[1]) dm.data<T>()[ch] = T(0.5 * std::max(0.0, 2.0 - 2.0 * std::fabs(double(pm[ch]))) * acc);
-      }
-    };
-    if (xd.dtype() == DType::F64) back(double{});
-    else back(float{});
+  return record(y, "channel_gate", {x, m}, [xd, md, n, c, hw, cuda](const Tensor& g, const std::vector<bool>& needs) {
+    Tensor dx = needs[0] ? Tensor::empty(xd.shape(), xd.dtype(), xd.device()) : Tensor();
+    Tensor dm = needs[1] ? Tensor::empty({c}, xd.dtype(), xd.device()) : Tensor();
+    if (cuda) {
+#if SPARROW_HAS_CUDA
+      gate_backward_cuda(n, c, hw, xd.data<float>(), md.data<float>(), g.data<float>(),
+                         needs[0] ? dx.data<float>() : nullptr, needs[1] ? dm.data<float>() : nullptr);
+#endif
+    } else if (xd.dtype() == DType::F64) {
+      gate_backward_cpu<double>(n, c, hw, xd.data<double>(), md.data<double>(), g.data<double>(),
+                                needs[0] ? dx.data<double>() : nullptr, needs[1] ? dm.data<double>() : nullptr);
+    } else {
+      gate_backward_cpu<float>(n, c, hw, xd.data<float>(), md.data<float>(), g.data<float>(),
+                               needs[0] ? dx.data<float>() : nullptr, needs[1] ? dm.data<float>() : nullptr);
+    }
     return std::vector<Tensor>{dx, dm};
   });
 }
@@ -122,7 +108,13 @@ GatedModel insert_gates(ModelPtr model, uint64_t seed) {
     SPARROW_FAIL("channel gates support the CIFAR ResNets (option A) and VGG; model '", model->spec().name,
                  "' is neither");
   }
-  for (auto& g : gm.gates) g->train(model->is_training());
+  // The gates live where the model's weights do (a model moved to CUDA gets CUDA gates).
+  const std::vector<Tensor> weights = model->parameters();
+  const Device dev = weights.empty() ? Device::CPU : weights.front().device();
+  for (auto& g : gm.gates) {
+    g->to(dev);
+    g->train(model->is_training());
+  }
   return gm;
 }
 

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "apps/common/options.h"
 #include "engine/base/error.h"
 #include "engine/io/atomic_file.h"
 
@@ -17,6 +18,7 @@ std::vector<SweepSummary> summarize(const std::vector<SweepRow>& rows) {
   std::map<std::pair<std::string, double>, std::vector<double>> groups;
   std::vector<std::pair<std::string, double>> order;
   for (const auto& r : rows) {
+    if (!r.error.empty()) continue;
     auto key = std::make_pair(r.method, r.sparsity);
     if (!groups.count(key)) order.push_back(key);
     groups[key].push_back(r.test_accuracy);
@@ -38,23 +40,32 @@ std::vector<SweepSummary> summarize(const std::vector<SweepRow>& rows) {
 
 std::string sweep_csv(const std::vector<SweepRow>& rows) {
   std::ostringstream os;
-  os << "method,sparsity,seed,achieved_sparsity,test_accuracy,wall_seconds\n";
+  os << "method,sparsity,seed,achieved_sparsity,test_accuracy,wall_seconds,error\n";
   char buf[256];
   for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf, "%s,%.4f,%llu,%.6f,%.6f,%.1f\n", r.method.c_str(), r.sparsity,
+    std::snprintf(buf, sizeof buf, "%s,%.4f,%llu,%.6f,%.6f,%.1f,", r.method.c_str(), r.sparsity,
                   (unsigned long long)r.seed, r.achieved_sparsity, r.test_accuracy, r.wall_seconds);
     os << buf;
+    if (!r.error.empty()) {  // quoted, as RFC 4180: embedded quotes doubled
+      os << '"';
+      for (char ch : r.error) os << (ch == '"' ? "\"\"" : std::string(1, ch));
+      os << '"';
+    }
+    os << "\n";
   }
   return os.str();
 }
 
 namespace {
-std::vector<double> sparsities_of(const std::vector<SweepSummary>& s) {
+// In first-seen order (methods) or ascending (sparsities), over summaries or rows.
+template <typename Item>
+std::vector<double> sparsities_of(const std::vector<Item>& s) {
   std::set<double> set;
   for (auto& x : s) set.insert(x.sparsity);
   return {set.begin(), set.end()};
 }
-std::vector<std::string> methods_of(const std::vector<SweepSummary>& s) {
+template <typename Item>
+std::vector<std::string> methods_of(const std::vector<Item>& s) {
   std::vector<std::string> m;
   for (auto& x : s)
     if (std::find(m.begin(), m.end(), x.method) == m.end()) m.push_back(x.method);
@@ -64,7 +75,7 @@ std::vector<std::string> methods_of(const std::vector<SweepSummary>& s) {
 
 std::string sweep_markdown(const std::vector<SweepRow>& rows) {
   const auto sum = summarize(rows);
-  const auto sps = sparsities_of(sum);
+  const auto sps = sparsities_of(rows);  // rows, not summaries: a cell where every seed failed still shows
   std::ostringstream os;
   char buf[128];
   os << "| method |";
@@ -75,12 +86,15 @@ std::string sweep_markdown(const std::vector<SweepRow>& rows) {
   os << "\n|---|";
   for (size_t i = 0; i < sps.size(); ++i) os << "---|";
   os << "\n";
-  for (const auto& m : methods_of(sum)) {
+  for (const auto& m : methods_of(rows)) {
     os << "| " << m << " |";
     for (double s : sps) {
       auto it = std::find_if(sum.begin(), sum.end(), [&](auto& x) { return x.method == m && x.sparsity == s; });
+      const bool failed = std::any_of(rows.begin(), rows.end(), [&](const SweepRow& r) {
+        return r.method == m && r.sparsity == s && !r.error.empty();
+      });
       if (it == sum.end()) {
-        os << " – |";
+        os << (failed ? " failed |" : " – |");
       } else if (it->seeds > 1) {
         std::snprintf(buf, sizeof buf, " %.2f ± %.2f |", 100 * it->mean, 100 * it->std);
         os << buf;
@@ -92,6 +106,11 @@ std::string sweep_markdown(const std::vector<SweepRow>& rows) {
     os << "\n";
   }
   os << "\nTest accuracy (%), mean ± sample std over seeds.\n";
+  for (const auto& r : rows)
+    if (!r.error.empty()) {
+      std::snprintf(buf, sizeof buf, "%.1f%%, seed %llu", 100 * r.sparsity, (unsigned long long)r.seed);
+      os << "\nFailed: " << r.method << " at " << buf << " (left out of the mean): " << r.error << "\n";
+    }
   return os.str();
 }
 
@@ -205,6 +224,25 @@ std::vector<std::string> parse_string_list(const std::string& s) {
   for (std::string item; std::getline(ss, item, ',');)
     if (!item.empty()) out.push_back(item);
   return out;
+}
+
+void run_sweep_cell(const std::string& app, SweepRow& row, const std::function<void()>& run) {
+  try {
+    run();
+  } catch (const Error& e) {
+    row.error = user_message(e);
+    std::fprintf(stderr, "%s: %s at sparsity %.4g, seed %llu failed (the sweep goes on): %s\n", app.c_str(),
+                 row.method.c_str(), row.sparsity, (unsigned long long)row.seed, row.error.c_str());
+  }
+}
+
+int finish_sweep(const std::string& app, const std::string& out, const std::vector<SweepRow>& rows) {
+  std::printf("\n%s\nreports: %s/results.csv, results.md, accuracy.svg\n", sweep_markdown(rows).c_str(), out.c_str());
+  const auto failed = std::count_if(rows.begin(), rows.end(), [](const SweepRow& r) { return !r.error.empty(); });
+  if (failed == 0) return 0;
+  std::fprintf(stderr, "%s: %ld of %zu sweep runs failed (listed in %s/results.md)\n", app.c_str(), long(failed),
+               rows.size(), out.c_str());
+  return 1;
 }
 
 }  // namespace sparrow

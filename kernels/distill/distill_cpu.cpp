@@ -333,8 +333,10 @@ inline void stream_fence() {
 #endif
 }
 
-// Outputs above this size bypass the caches (stream_store); 32 MiB = this machine class's L3.
-constexpr double kStreamOutputBytes = 32.0 * 1024 * 1024;
+// When the whole working set (both logit inputs and the gradient outputs) is above this size, the outputs
+// bypass the caches (stream_store): they would only evict the inputs, and a cached store reads each line
+// before writing it. 32 MiB = this machine class's L3.
+constexpr double kStreamWorkingSetBytes = 32.0 * 1024 * 1024;
 
 // p = e·c for the block whose exps were taken relative to m_blk: c = e^{m_blk − m}/s. The block holding
 // the row maximum (every block of a short row) gets 1/s without an exp: that exp would sit on the
@@ -587,7 +589,8 @@ double distill_kl_cpu(int rows, int cols, const T* zs, const T* zt, const int64_
   check_args("distill_kl_cpu", rows, cols, zs, zt, labels, params);
   if (rows == 0) return 0.0;
   RowConfig<T> cfg{kl_weights(params, labels != nullptr), params, T(1.0 / rows),
-                   dzs != nullptr && double(rows) * cols * sizeof(T) > kStreamOutputBytes};
+                   dzs != nullptr && double(rows) * cols * sizeof(T) * (2 + (dzs ? 1 : 0) + (dzt ? 1 : 0)) >
+                                         kStreamWorkingSetBytes};
   auto row = [&](int r, Scratch<T>& sc) {
     const size_t off = size_t(r) * size_t(cols);
     return fused_row(cols, zs + off, zt + off, labels ? labels[r] : int64_t(-1), cfg,

@@ -246,3 +246,37 @@ TEST(Surgery, DefaultReinitialisesBnBiasesAndClassifierButCopiesKeptConvWeights)
   EXPECT_THROW(narrow_model(*v, keep, cfg), Error);
   EXPECT_THROW(insert_gates(make_model({"resnet18", 10, 3, {}, ""}, 1), 1), Error);
 }
+
+// The gate op on CUDA tensors (kernels/gate) against the CPU op: values, both gradients, and a gated VGG
+// whose gates follow the model onto the device. Skipped without a device.
+TEST(ChannelGateCuda, OpAndGatedModelMatchCpu) {
+  if (!cuda_available()) GTEST_SKIP() << cuda_unavailable_reason();
+  Rng rng(3);
+  const std::vector<float> mv{-1.5f, -0.5f, -1e-3f, 0.0f, 1e-3f, 0.5f, 1.5f, 0.2f, -0.2f};
+  for (const Shape& shape : {Shape{4, 9, 5, 5}, Shape{6, 9}}) {
+    SCOPED_TRACE(shape_str(shape));
+    Tensor x = Tensor::randn(shape, rng), r = Tensor::randn(shape, rng);
+    Tensor m = Tensor::from_vector<float>({9}, mv);
+    Tensor xc = x.to(Device::CUDA), mc = m.to(Device::CUDA), rc = r.to(Device::CUDA);
+    for (Tensor* t : {&x, &m, &xc, &mc}) t->set_requires_grad(true);
+    Tensor y = channel_gate(x, m), yc = channel_gate(xc, mc);
+    sum(mul(y, r)).backward();
+    sum(mul(yc, rc)).backward();
+    EXPECT_EQ(yc.to(Device::CPU).to_vector<float>(), y.to_vector<float>());
+    EXPECT_EQ(xc.grad().to(Device::CPU).to_vector<float>(), x.grad().to_vector<float>());
+    const auto dm = m.grad().to_vector<float>(), dmc = mc.grad().to(Device::CPU).to_vector<float>();
+    for (size_t c = 0; c < dm.size(); ++c) EXPECT_NEAR(dmc[c], dm[c], 1e-5 * (1.0 + std::fabs(dm[c]))) << "channel " << c;
+  }
+  ModelPtr cpu = make_model({"vgg11", 10, 1, {}, "pdd"}, 7), gpu = make_model({"vgg11", 10, 1, {}, "pdd"}, 7);
+  gpu->to(Device::CUDA);
+  GatedModel gc = insert_gates(cpu, 11), gg = insert_gates(gpu, 11);
+  for (const auto& g : gg.gates) EXPECT_EQ(g->m.device(), Device::CUDA);
+  cpu->eval();
+  gpu->eval();
+  gc.gates[2]->m.copy_(Tensor::from_vector<float>({gc.gates[2]->m.numel()}, std::vector<float>(size_t(gc.gates[2]->m.numel()), -1.0f)));
+  gg.gates[2]->m.copy_(gc.gates[2]->m);
+  Tensor x = Tensor::randn({2, 1, 32, 32}, rng);
+  const auto want = gc.forward(x).to_vector<float>(), got = gg.forward(x.to(Device::CUDA)).to(Device::CPU).to_vector<float>();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-3 * (1.0 + std::fabs(want[i]))) << i;
+}

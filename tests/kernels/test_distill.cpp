@@ -601,8 +601,8 @@ TEST(Distill, ResultIndependentOfThreadCount) {
   EXPECT_TRUE(one.dzs == two.dzs);
 }
 
-// Gradients larger than the last-level cache (> 32 MiB) are written with non-temporal stores through a
-// staging block: the rows must equal those computed one at a time (which take the cached path).
+// When inputs + gradients exceed the last-level cache (> 32 MiB), gradients are written with non-temporal
+// stores through a staging block: the rows must equal those computed one at a time (which take the cached path).
 TEST(Distill, StreamedLargeOutputMatchesRowByRow) {
   const int B = 1100, C = 8000;  // 35 MB of float gradient
   const Case c = make_case(B, C, 77, 2.0);
