@@ -46,26 +46,6 @@ void Sgd::set_mask(const Tensor& p, const Tensor& mask) {
   }
 }
 
-namespace {
-template <typename T>
-void sgd_update(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdConfig& c, double wd) {
-  const T lr = T(c.lr), mom = T(c.momentum), damp = T(1 - c.dampening), decay = T(wd);
-#pragma omp parallel for if (n > 65536) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    if (mask && mask[i] == T(0)) {
-      p[i] = T(0);
-      if (buf) buf[i] = T(0);
-      continue;
-    }
-    T d = g[i] + decay * p[i];
-    if (buf) {
-      buf[i] = first ? d : mom * buf[i] + damp * d;
-      d = c.nesterov ? d + mom * buf[i] : buf[i];
-    }
-    p[i] -= lr * d;
-  }
-}
-}  // namespace
 
 void Sgd::step() {
   SPARROW_NVTX_RANGE("sgd_step");
@@ -100,12 +80,13 @@ void Sgd::step() {
     const bool first = cfg_.momentum != 0 && !bufs_[i].defined();
     if (first) bufs_[i] = Tensor::empty(p.shape(), p.dtype(), p.device());
     const bool use_buf = cfg_.momentum != 0;
+    const SgdHyper h{cfg_.lr, cfg_.momentum, cfg_.dampening, cfg_.nesterov};
     if (p.dtype() == DType::F64)
-      sgd_update<double>(p.numel(), p.data<double>(), g.data<double>(), use_buf ? bufs_[i].data<double>() : nullptr,
-                         masks_[i].defined() ? masks_[i].data<double>() : nullptr, first, cfg_, wd_[i]);
+      sgd_update_cpu<double>(p.numel(), p.data<double>(), g.data<double>(), use_buf ? bufs_[i].data<double>() : nullptr,
+                             masks_[i].defined() ? masks_[i].data<double>() : nullptr, first, h, wd_[i]);
     else
-      sgd_update<float>(p.numel(), p.data<float>(), g.data<float>(), use_buf ? bufs_[i].data<float>() : nullptr,
-                        masks_[i].defined() ? masks_[i].data<float>() : nullptr, first, cfg_, wd_[i]);
+      sgd_update_cpu<float>(p.numel(), p.data<float>(), g.data<float>(), use_buf ? bufs_[i].data<float>() : nullptr,
+                            masks_[i].defined() ? masks_[i].data<float>() : nullptr, first, h, wd_[i]);
   }
 #if SPARROW_HAS_CUDA
   if (!on_device.empty())

@@ -235,7 +235,7 @@ if want sanitize && [ -d "$build/bin" ] && nvidia-smi >/dev/null 2>&1; then
     # The heaviest case (a whole ResNet-20 step) and the CPU-emulated kernels are left out.
     filter='*Cuda*:-*ResNet20*:*Emulated*'
     for tool in memcheck racecheck; do
-      for t in test_cuda_ops test_cuda_storage test_elementwise test_distill test_sparse_conv test_bsr; do
+      for t in test_cuda_ops test_cuda_storage test_elementwise test_distill test_gate test_gates test_sparse_conv test_bsr; do
         bin="$build/bin/$t"
         [ -x "$bin" ] || continue
         left=$((budget - (SECONDS - t_san)))

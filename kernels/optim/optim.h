@@ -14,10 +14,30 @@ struct SgdHyper {
   bool nesterov = false;
 };
 
-// Plain loop, the oracle for the CUDA update (engine/optim.cpp keeps its own OpenMP loop, same formula).
+// One element of the update above (the CPU loops share it; the CUDA kernel spells the same steps with
+// __fadd_rn/__fmul_rn so the device never contracts them into FMAs).
+template <typename T>
+inline void sgd_element(T& p, T g, T* buf, bool masked_out, bool first, T lr, T mom, T damp, T decay, bool nesterov) {
+  if (masked_out) {
+    p = T(0);
+    if (buf) *buf = T(0);
+    return;
+  }
+  T d = g + decay * p;
+  if (buf) {
+    *buf = first ? d : mom * *buf + damp * d;
+    d = nesterov ? d + mom * *buf : *buf;
+  }
+  p -= lr * d;
+}
+
 // buf may be null (no momentum); mask may be null; first: the momentum buffer is being initialised.
+// sgd_update_ref_cpu: the plain loop, the oracle for the CUDA update. sgd_update_cpu: the same with OpenMP
+// over large tensors (what Sgd::step runs on CPU); elementwise, so both give identical results.
 template <typename T>
 void sgd_update_ref_cpu(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdHyper& h, double wd);
+template <typename T>
+void sgd_update_cpu(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdHyper& h, double wd);
 
 #if SPARROW_HAS_CUDA
 // One parameter tensor of a fused update (device pointers; buf and mask may be null).

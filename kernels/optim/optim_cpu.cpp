@@ -1,4 +1,4 @@
-// Plain CPU SGD update (the reference the fused CUDA update is tested against).
+// CPU SGD updates: the plain reference (the oracle of the fused CUDA update) and the OpenMP loop.
 #include "kernels/optim/optim.h"
 
 namespace sparrow {
@@ -6,24 +6,23 @@ namespace sparrow {
 template <typename T>
 void sgd_update_ref_cpu(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdHyper& h, double wd) {
   const T lr = T(h.lr), mom = T(h.momentum), damp = T(1 - h.dampening), decay = T(wd);
-  for (int64_t i = 0; i < n; ++i) {
-    if (mask && mask[i] == T(0)) {
-      p[i] = T(0);
-      if (buf) buf[i] = T(0);
-      continue;
-    }
-    T d = g[i] + decay * p[i];
-    if (buf) {
-      buf[i] = first ? d : mom * buf[i] + damp * d;
-      d = h.nesterov ? d + mom * buf[i] : buf[i];
-    }
-    p[i] -= lr * d;
-  }
+  for (int64_t i = 0; i < n; ++i)
+    sgd_element(p[i], g[i], buf ? buf + i : nullptr, mask && mask[i] == T(0), first, lr, mom, damp, decay, h.nesterov);
 }
 
-template void sgd_update_ref_cpu<float>(int64_t, float*, const float*, float*, const float*, bool, const SgdHyper&,
-                                        double);
-template void sgd_update_ref_cpu<double>(int64_t, double*, const double*, double*, const double*, bool,
-                                         const SgdHyper&, double);
+template <typename T>
+void sgd_update_cpu(int64_t n, T* p, const T* g, T* buf, const T* mask, bool first, const SgdHyper& h, double wd) {
+  const T lr = T(h.lr), mom = T(h.momentum), damp = T(1 - h.dampening), decay = T(wd);
+#pragma omp parallel for if (n > 65536) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    sgd_element(p[i], g[i], buf ? buf + i : nullptr, mask && mask[i] == T(0), first, lr, mom, damp, decay, h.nesterov);
+}
+
+#define SPARROW_SGD_INSTANTIATE(T)                                                                            \
+  template void sgd_update_ref_cpu<T>(int64_t, T*, const T*, T*, const T*, bool, const SgdHyper&, double); \
+  template void sgd_update_cpu<T>(int64_t, T*, const T*, T*, const T*, bool, const SgdHyper&, double);
+SPARROW_SGD_INSTANTIATE(float)
+SPARROW_SGD_INSTANTIATE(double)
+#undef SPARROW_SGD_INSTANTIATE
 
 }  // namespace sparrow
