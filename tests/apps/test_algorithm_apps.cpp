@@ -40,8 +40,9 @@ int expect_masked_zero(const std::string& path) {
     if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
     const std::string wname = name.substr(0, name.size() - suffix.size()) + ".weight";
     const auto m = floats(e), w = floats(f.tensors.at(wname));
-    for (size_t i = 0; i < m.size(); ++i)
+    for (size_t i = 0; i < m.size(); ++i) {
       if (m[i] == 0) EXPECT_EQ(w[i], 0.f) << wname << " index " << i << " was pruned but is nonzero";
+    }
     ++layers;
   }
   return layers;
@@ -123,6 +124,18 @@ TEST_F(AlgorithmApps, EpsdSweepWritesTheReports) {
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 2 * 2 * 2) << csv;
   EXPECT_NE(slurp(t.path + "/sw/results.md").find("±"), std::string::npos);
   EXPECT_NE(slurp(t.path + "/sw/accuracy.svg").find("<polyline"), std::string::npos);
+
+  // A cell that cannot run (99.99% global pruning empties a layer) is recorded and the sweep goes on.
+  r = run_app("sparrow-epsd", cat(kData, {"--model", "resnet8", "--epochs", "1", "--sweep", "--sweep-methods",
+                                          "random+none", "--sweep-sparsities", "0.9999,0.5", "--sweep-seeds", "0",
+                                          "--out", t.path + "/bad"}),
+              t.path);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("1 of 2 sweep runs failed"), std::string::npos) << r.err;
+  const std::string bad = slurp(t.path + "/bad/results.csv");
+  EXPECT_EQ(std::count(bad.begin(), bad.end(), '\n'), 3) << bad;
+  EXPECT_NE(bad.find("removes every weight"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("random+none,0.5000,0,"), std::string::npos) << bad;
 }
 
 TEST_F(AlgorithmApps, TgospRetrainingNeverRevivesAndKeepsTheBestWeights) {
@@ -150,8 +163,9 @@ TEST_F(AlgorithmApps, TgospRetrainingNeverRevivesAndKeepsTheBestWeights) {
     EXPECT_NEAR(s["sparsity"].get<double>(), 0.9, 1e-3);
     // The final weights are the best epoch's, bit for bit.
     StFile fin = read_safetensors(out + "/final.safetensors"), bst = read_safetensors(out + "/best.safetensors");
-    for (auto& [name, e] : bst.tensors)
+    for (auto& [name, e] : bst.tensors) {
       if (name.rfind("optim.", 0) != 0) EXPECT_EQ(e.data, fin.tensors.at(name).data) << name;
+    }
     // FC and BN are not pruned by default: no mask on the classifier, BN untouched by masks.
     StFile ck = read_safetensors(out + "/pruned.safetensors");
     EXPECT_FALSE(ck.tensors.count("fc.weight_mask"));
