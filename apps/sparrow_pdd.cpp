@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   app.add_option("--finetune-lr", p.finetune_lr, "fine-tune learning rate");
   app.add_option("--pdd-wd", p.wd, "weight decay of both phases (gates included)");
   app.add_option("-T,--temperature", p.T, "KD temperature of the search phase");
-  app.add_option("--val-fraction", p.val_fraction, "share of the training set held out to select the gates");
+  app.add_option("--val-fraction", p.val_fraction, "share of the training set held out to select the gates (scaled with --limit-train)");
   app.add_flag("!--no-baseline", p.baseline, "skip training the unpruned student the same way (the accuracy reference)");
   cli.add_preset("quick", "Fashion-MNIST, 12k images, batch 128: 3 search + 3 fine-tune epochs", [&p](CommonOptions& o) {
     o.dataset = "fashion-mnist", o.limit_train = 12000, o.batch_size = 128;

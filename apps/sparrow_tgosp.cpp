@@ -337,7 +337,7 @@ int main(int argc, char** argv) {
   app.add_option("--retrain-epochs", t.retrain_epochs, "stage 4 epoch cap (0: 50 with KD, 200 with CE)");
   app.add_option("--retrain-lr", t.retrain_lr, "stage 4 learning rate (constant, momentum 0.9, no weight decay)");
   app.add_option("--patience", t.patience, "early-stopping patience in epochs (0: 5, or 7 at >= 97% sparsity)");
-  app.add_option("--val-fraction", t.val_fraction, "share of the training set held out for early stopping");
+  app.add_option("--val-fraction", t.val_fraction, "share of the training set held out for early stopping (scaled with --limit-train)");
   app.add_flag("--sweep", t.sweep, "run the grid --sweep-methods x --sweep-sparsities x --sweep-seeds");
   app.add_option("--sweep-methods", t.sweep_methods, "criterion+retrain pairs, e.g. tgosp+kd,magnitude+kd,ce+kd");
   app.add_option("--sweep-sparsities", t.sweep_sparsities, "comma-separated sparsities");

@@ -1,6 +1,9 @@
 // Dataset loading with subsets and validation split; batch tensors; evaluation.
 #include "apps/common/data.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "apps/common/checkpoint.h"
 #include "engine/base/nvtx.h"
 
@@ -19,7 +22,12 @@ DataBundle load_data(const CommonOptions& o, double val_fraction) {
   if (val_fraction > 0) {
     auto [tr, va] = split_validation(full, val_fraction, o.seed + 2);
     d.train = take_subset(tr, o.limit_train, o.seed + 3);
-    d.val = std::move(va);
+    // With --limit-train the held-out set shrinks with it (the same share of the limited set), so a small
+    // run does not validate on ten times more images than it trains on. Always from the held-out part.
+    const int val_n = o.limit_train > 0
+                          ? std::max(1, int(std::lround(double(d.train.n) * val_fraction / (1.0 - val_fraction))))
+                          : 0;
+    d.val = take_subset(va, val_n, o.seed + 4);
   } else {
     d.train = take_subset(full, o.limit_train, o.seed + 3);
   }
