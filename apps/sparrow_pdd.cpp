@@ -216,6 +216,7 @@ int main(int argc, char** argv) {
     SPARROW_CHECK(!best_gates.empty(), "the search phase selected no gates");
     gated.load_gate_state_dict(best_gates);
     const auto keep = kept_channels(gated);
+    const std::vector<std::string> gate_names = gated.names;  // remove_gates() below clears gated.names
     // ---- surgery and fine-tune (a plain sparrow-train run folder: --resume works on it)
     ModelPtr narrow;
     {
@@ -280,7 +281,7 @@ int main(int argc, char** argv) {
     nlohmann::json s = summary_from_costs(after, fr.test_accuracy, profiler_now() - t0);
     std::vector<nlohmann::json> gates;
     for (size_t i = 0; i < keep.size(); ++i)
-      gates.push_back({{"gate", gated.names[i]}, {"kept", keep[i].size()}, {"channels", keep[i]}});
+      gates.push_back({{"gate", gate_names[i]}, {"kept", keep[i].size()}, {"channels", keep[i]}});
     s["gates"] = gates;
     s["best_search_epoch"] = best_epoch;
     s["teacher_test_accuracy"] = teacher_acc;

@@ -41,7 +41,9 @@ int expect_masked_zero(const std::string& path) {
     const std::string wname = name.substr(0, name.size() - suffix.size()) + ".weight";
     const auto m = floats(e), w = floats(f.tensors.at(wname));
     for (size_t i = 0; i < m.size(); ++i) {
-      if (m[i] == 0) EXPECT_EQ(w[i], 0.f) << wname << " index " << i << " was pruned but is nonzero";
+      if (m[i] == 0) {
+        EXPECT_EQ(w[i], 0.f) << wname << " index " << i << " was pruned but is nonzero";
+      }
     }
     ++layers;
   }
@@ -164,7 +166,9 @@ TEST_F(AlgorithmApps, TgospRetrainingNeverRevivesAndKeepsTheBestWeights) {
     // The final weights are the best epoch's, bit for bit.
     StFile fin = read_safetensors(out + "/final.safetensors"), bst = read_safetensors(out + "/best.safetensors");
     for (auto& [name, e] : bst.tensors) {
-      if (name.rfind("optim.", 0) != 0) EXPECT_EQ(e.data, fin.tensors.at(name).data) << name;
+      if (name.rfind("optim.", 0) != 0) {
+        EXPECT_EQ(e.data, fin.tensors.at(name).data) << name;
+      }
     }
     // FC and BN are not pruned by default: no mask on the classifier, BN untouched by masks.
     StFile ck = read_safetensors(out + "/pruned.safetensors");
@@ -190,6 +194,12 @@ TEST_F(AlgorithmApps, PddNarrowModelIsAnOrdinaryCheckpoint) {
   EXPECT_EQ(s["gates"].size(), 3u) << "ResNet-8: one gate per basic block";
   EXPECT_TRUE(s.contains("unpruned_student_test_accuracy"));
   std::vector<int> after = s["widths_after"];
+  // Each gate's record names it and lists its kept channels; their count is the narrowed block's width.
+  for (size_t k = 0; k < s["gates"].size(); ++k) {
+    EXPECT_EQ(s["gates"][k]["gate"], "blocks." + std::to_string(k) + ".gate");
+    EXPECT_EQ(s["gates"][k]["kept"].get<size_t>(), s["gates"][k]["channels"].size());
+    EXPECT_EQ(s["gates"][k]["kept"].get<int>(), after.at(k + 1)) << "gate " << k;
+  }
   // sparrow-eval and sparrow-train load the narrowed model from its metadata, without knowing it was pruned.
   RunResult ev = run_app("sparrow-eval", cat(kData, {out + "/final.safetensors"}), t.path);
   EXPECT_EQ(ev.code, 0) << ev.err;
