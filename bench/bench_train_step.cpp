@@ -34,6 +34,9 @@ std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const s
   pc.sparsity = sparsity;
   pc.granularity = granularity;
   pc.scope = scope;
+  // Global magnitude pruning of a fresh VGG at >= 95% would empty its large-fan-in layers (PyTorch's global
+  // L1 leaves them all-zero and computes them densely); such a layer keeps its largest weight here.
+  pc.min_keep = true;
   PruneResult pr = prune(params, score_magnitude(params), pc);
   apply_masks(params, pr.masks);
   if (kernels == "off") {
