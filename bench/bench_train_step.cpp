@@ -4,7 +4,7 @@
 // Sparsity > 0 applies a global magnitude mask to conv and linear weights (as torch.nn.utils.prune does),
 // unstructured or in b×b tiles of the GEMM view (--granularity block:32: the BSR kernels train those layers);
 // --scope layer prunes each layer to the same sparsity (global block pruning of a fresh VGG-11 at 0.9 would
-// empty its large-fan-in layers, whose initial weights are the smallest).
+// leave its large-fan-in layers, whose initial weights are the smallest, one kept weight each).
 #include <omp.h>
 
 #include <CLI/CLI.hpp>

@@ -2,14 +2,11 @@
 // bsr_conv2d. Row matrices are row-major Rows×K (one row per sample or output pixel); activations NCHW.
 #include "engine/bsr_op.h"
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 
 #include "engine/base/nvtx.h"
 #include "engine/sparse.h"
+#include "kernels/common/transpose.h"
 #include "kernels/conv/conv.h"
 
 namespace sparrow {
@@ -96,37 +93,6 @@ Tensor from_bsr_grad(const BsrLayout& L, const float* dbsr) {
   for (int64_t i = 0; i < n; ++i) d[i] = dbsr[slot[i]];
   return dv;
 }
-
-// One 8×8 tile: d[c·ldd + r] = s[r·lds + c].
-#if defined(__AVX2__)
-// In registers (unpack / shuffle / lane permute), as in kernels/conv/conv_cpu.cpp: scalar tiles ran the
-// 32×32 output maps of VGG's first layer at a fifth of this speed (power-of-two strides thrash L1).
-inline void transpose_tile8(const float* s, int64_t lds, float* d, int64_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * lds);
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  r[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
-  r[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-  r[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
-  r[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-  r[4] = _mm256_shuffle_ps(t[4], t[6], 0x44);
-  r[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-  r[6] = _mm256_shuffle_ps(t[5], t[7], 0x44);
-  r[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(d + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(d + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
-}
-#else
-inline void transpose_tile8(const float* s, int64_t lds, float* d, int64_t ldd) {
-  for (int64_t c = 0; c < 8; ++c)
-    for (int64_t r = 0; r < 8; ++r) d[c * ldd + r] = s[r * lds + c];
-}
-#endif
 
 // Per image: src r×c → dst c×r, in 8×8 tiles; one task per (image, band of 64 source rows).
 void transpose_images(const float* src, int images, int r, int c, float* dst) {

@@ -2,14 +2,11 @@
 // oracle), im2col/col2im, and the optimised GEMM path. The optimised path works on pixel-major ("NHWC")
 // copies of each image so every GEMM has the pixel count as its long M dimension (see the block below).
 #include <omp.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <vector>
 
 #include "engine/base/error.h"
+#include "kernels/common/transpose.h"
 #include "kernels/conv/conv.h"
 #include "kernels/gemm/gemm.h"
 
@@ -61,45 +58,6 @@ void valid_ox(const Conv2dShape& s, int kx, int& ox_lo, int& ox_hi) {
   ox_lo = std::min(ox_lo, ow);
   ox_hi = std::max(ox_hi, ox_lo);
 }
-
-// One full 8×8 tile: d[c·ldd + r] = s[r·lds + c], forced inline so a tile is never a function call.
-#if defined(__GNUC__)
-#define SPARROW_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define SPARROW_ALWAYS_INLINE inline
-#endif
-
-template <typename T>
-SPARROW_ALWAYS_INLINE void transpose_tile8(const T* s, int64_t lds, T* d, int64_t ldd) {
-  for (int64_t c = 0; c < 8; ++c)
-    for (int64_t r = 0; r < 8; ++r) d[c * ldd + r] = s[r * lds + c];
-}
-
-#if defined(__AVX2__)
-// The float tile in registers (unpack / shuffle / lane permute): about twice as fast as the loops above,
-// which the compiler leaves as scalar moves; with those the transposes were ~15% of a CIFAR conv's time.
-SPARROW_ALWAYS_INLINE void transpose_tile8(const float* s, int64_t lds, float* d, int64_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * lds);
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // u0..u7 as rows {0,1,2,3} × {lo, hi} of each 4-row half; then the 128-bit halves are recombined.
-  r[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
-  r[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-  r[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
-  r[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-  r[4] = _mm256_shuffle_ps(t[4], t[6], 0x44);
-  r[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-  r[6] = _mm256_shuffle_ps(t[5], t[7], 0x44);
-  r[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(d + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(d + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
-}
-#endif
 
 // dst (cols × rows, leading dim ldd) = srcᵀ, src rows × cols with leading dim lds, in 8×8 tiles: 8 source
 // rows stay within L1 associativity even when lds is a power of two (16-row tiles thrashed at lds = 1024).

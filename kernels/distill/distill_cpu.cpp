@@ -589,8 +589,7 @@ double distill_kl_cpu(int rows, int cols, const T* zs, const T* zt, const int64_
   check_args("distill_kl_cpu", rows, cols, zs, zt, labels, params);
   if (rows == 0) return 0.0;
   RowConfig<T> cfg{kl_weights(params, labels != nullptr), params, T(1.0 / rows),
-                   dzs != nullptr && double(rows) * cols * sizeof(T) * (2 + (dzs ? 1 : 0) + (dzt ? 1 : 0)) >
-                                         kStreamWorkingSetBytes};
+                   dzs != nullptr && double(rows) * cols * sizeof(T) * (3 + (dzt ? 1 : 0)) > kStreamWorkingSetBytes};
   auto row = [&](int r, Scratch<T>& sc) {
     const size_t off = size_t(r) * size_t(cols);
     return fused_row(cols, zs + off, zt + off, labels ? labels[r] : int64_t(-1), cfg,

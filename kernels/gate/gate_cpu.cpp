@@ -49,17 +49,7 @@ void gate_forward_cpu(int64_t n, int64_t c, int64_t hw, const T* x, const T* m, 
 
 template <typename T>
 void gate_backward_cpu(int64_t n, int64_t c, int64_t hw, const T* x, const T* m, const T* dy, T* dx, T* dm) {
-  if (dx) {
-    const int64_t planes = n * c;
-#pragma omp parallel for schedule(static) if (planes * hw >= kParallelMinElems)
-    for (int64_t p = 0; p < planes; ++p) {
-      const T g = gate_value(m[p % c]);
-      const T* dyp = dy + p * hw;
-      T* dxp = dx + p * hw;
-#pragma omp simd
-      for (int64_t k = 0; k < hw; ++k) dxp[k] = g * dyp[k];
-    }
-  }
+  if (dx) gate_forward_cpu(n, c, hw, dy, m, dx);  // ∂L/∂x = g ⊙ ∂L/∂y: the forward map on dy
   if (!dm) return;
   // One channel per iteration, summed in the reference's (n, hw) order: bit-identical to it.
 #pragma omp parallel for schedule(dynamic, 1) if (n * c * hw >= kParallelMinElems)
