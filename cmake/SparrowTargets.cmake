@@ -25,6 +25,10 @@ function(sparrow_add_test name)
   target_compile_definitions(${name} PRIVATE SPARROW_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
                              SPARROW_BIN_DIR="${CMAKE_BINARY_DIR}/bin")
   gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "${A_LABELS}")
+  # The unit and parity binaries (not slow ones) make up `check-targets`, which scripts/sanitize.sh builds.
+  if(("unit" IN_LIST A_LABELS OR "parity" IN_LIST A_LABELS) AND NOT "slow" IN_LIST A_LABELS)
+    set_property(GLOBAL APPEND PROPERTY SPARROW_CHECK_TESTS ${name})
+  endif()
 endfunction()
 
 # sparrow_add_bench(NAME SOURCES ... LIBS ...): a benchmark binary in build/bin.
