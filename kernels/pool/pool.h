@@ -12,8 +12,12 @@ struct Pool2dShape {
 };
 
 // Writes y (N×C×OH×OW) and argmax (same size, index y*W+x inside the input plane; −1 if window empty).
+// k = 2, stride 2, no padding (the VGG pool) takes a branch-free vectorised path; other shapes the reference.
 template <typename T>
 void max_pool2d_forward_cpu(const Pool2dShape& s, const T* x, T* y, int32_t* argmax);
+// The plain per-window loop, any shape: the oracle for the fast path.
+template <typename T>
+void max_pool2d_forward_ref_cpu(const Pool2dShape& s, const T* x, T* y, int32_t* argmax);
 // Writes dx (zeroes it, then scatters dy through argmax).
 template <typename T>
 void max_pool2d_backward_cpu(const Pool2dShape& s, const T* dy, const int32_t* argmax, T* dx);

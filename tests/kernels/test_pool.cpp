@@ -138,6 +138,49 @@ TEST(Pool, MaxPoolPropagatesNaN) {
   EXPECT_EQ(arg[0], 1);
 }
 
+// The 2×2 stride-2 fast path against the per-window reference on values full of ties, NaNs and
+// infinities (ties keep the first element, the first NaN sticks), odd sizes (last row/column dropped)
+// included, bit for bit with the same argmax.
+TEST(Pool, MaxPool2x2FastPathMatchesReferenceOnTiesAndNaN) {
+  const Pool2dShape shapes[] = {{1, 1, 2, 2, 2, 2, 0},  {2, 3, 7, 9, 2, 2, 0},   {3, 5, 33, 31, 2, 2, 0},
+                                {1, 2, 1024, 2, 2, 2, 0}, {128, 4, 16, 16, 2, 2, 0}, {1, 1, 3, 3, 2, 2, 0}};
+  const float pool[] = {0.0f, 1.0f, 1.0f, -2.0f, NAN, INFINITY, -INFINITY, 3.0f};
+  for (const auto& s : shapes) {
+    SCOPED_TRACE(describe(s));
+    const int64_t xn = int64_t(s.n) * s.c * s.h * s.w, yn = int64_t(s.n) * s.c * s.oh() * s.ow();
+    std::vector<float> x(static_cast<size_t>(xn));
+    uint32_t r = 12345;
+    for (auto& v : x) {
+      r = r * 1664525u + 1013904223u;
+      v = pool[(r >> 24) % 8];
+    }
+    std::vector<float> y(static_cast<size_t>(yn)), y_ref(static_cast<size_t>(yn));
+    std::vector<int32_t> a(static_cast<size_t>(yn)), a_ref(static_cast<size_t>(yn));
+    max_pool2d_forward_cpu<float>(s, x.data(), y.data(), a.data());
+    max_pool2d_forward_ref_cpu<float>(s, x.data(), y_ref.data(), a_ref.data());
+    for (int64_t o = 0; o < yn; ++o) {
+      ASSERT_EQ(a[size_t(o)], a_ref[size_t(o)]) << "argmax at output " << o;
+      const float u = y[size_t(o)], v = y_ref[size_t(o)];
+      ASSERT_TRUE((std::isnan(u) && std::isnan(v)) || u == v) << "output " << o << ": " << u << " vs " << v;
+    }
+    std::vector<double> xd(x.begin(), x.end()), yd(static_cast<size_t>(yn)), yd_ref(static_cast<size_t>(yn));
+    max_pool2d_forward_cpu<double>(s, xd.data(), yd.data(), a.data());
+    max_pool2d_forward_ref_cpu<double>(s, xd.data(), yd_ref.data(), a_ref.data());
+    EXPECT_EQ(a, a_ref) << "double argmax";
+  }
+  // Hand example of the rules: window [1, NaN; NaN, 5] picks its first NaN (flat index 1), window
+  // [2, 2; 2, 2] its first 2 (flat index 2).
+  const Pool2dShape s{1, 1, 2, 4, 2, 2, 0};
+  const float x[] = {1, NAN, 2, 2, NAN, 5, 2, 2};
+  float y[2];
+  int32_t arg[2];
+  max_pool2d_forward_cpu<float>(s, x, y, arg);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(arg[0], 1);
+  EXPECT_EQ(y[1], 2.0f);
+  EXPECT_EQ(arg[1], 2);
+}
+
 TEST(Pool, GlobalAvgPool) {
   for (const auto& dims : {std::vector<int>{1, 1, 1}, {2, 3, 5}, {3, 17, 49}, {128, 64, 64}}) {
     const int n = dims[0], c = dims[1], hw = dims[2];
