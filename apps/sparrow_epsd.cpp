@@ -77,9 +77,14 @@ RunOutcome run_one(const AppCli& cli, const DataBundle& data, const EpsdOptions&
     // every SD loss finds what it needs).
     LoaderConfig lc = train_loader_config(data, o, BatchSpec{true, true});
     lc.batch_size = e.prune_batch_size;
+    // drop_last was decided for the training batch size; a pruning batch larger than the training set is
+    // the whole set (dropping it left an epoch of no batches, and the loop below spun forever).
+    lc.drop_last = data.train.n > lc.batch_size;
     lc.seed = seed + 1000;
     lc.background = false;
     DataLoader loader(data.train, lc);
+    SPARROW_CHECK(loader.batches_per_epoch() > 0, "--prune-batch-size ", lc.batch_size, ": the training set (",
+                  data.train.n, " images) gives no pruning batch");
     const int needed = criterion == "epsd" || criterion == "prospr" ? e.epsd_steps + 1 : std::max(1, e.prune_batches);
     std::vector<Batch> batches;
     for (int epoch = 0; int(batches.size()) < needed; ++epoch) {

@@ -32,8 +32,12 @@ inline std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-inline RunResult run_app(const std::string& app, const std::vector<std::string>& args, const std::string& tmp) {
-  std::string cmd = shell_quote(std::string(SPARROW_BIN_DIR) + "/" + app);
+// Runs build/bin/<app> with args (stdout/stderr captured under tmp). timeout_s > 0 kills it after that many
+// seconds (exit code 137), so a hang fails the test instead of stalling the suite.
+inline RunResult run_app(const std::string& app, const std::vector<std::string>& args, const std::string& tmp,
+                         int timeout_s = 0) {
+  std::string cmd = timeout_s > 0 ? "timeout -s KILL " + std::to_string(timeout_s) + " " : std::string();
+  cmd += shell_quote(std::string(SPARROW_BIN_DIR) + "/" + app);
   for (auto& a : args) cmd += " " + shell_quote(a);
   const std::string out = tmp + "/stdout.txt", err = tmp + "/stderr.txt";
   cmd += " >" + shell_quote(out) + " 2>" + shell_quote(err) + " </dev/null";

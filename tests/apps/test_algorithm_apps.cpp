@@ -115,6 +115,20 @@ TEST_F(AlgorithmApps, EpsdWithZeroInnerStepsIsSnipOnTheSameSdLoss) {
   EXPECT_TRUE(differs) << "SNIP on CE gave the same mask as on the CS-KD loss";
 }
 
+// Regression: a pruning batch (--prune-batch-size, default 128) larger than the training set used to give
+// an epoch of zero batches (drop_last was set for the training batch size) and the batch-collecting loop
+// spun forever. Now the pruning batch is the whole set.
+TEST_F(AlgorithmApps, EpsdPruningBatchLargerThanTheTrainingSetFinishes) {
+  TempDir t;
+  RunResult r = run_app("sparrow-epsd", {"--dataset", "synthetic", "--limit-train", "48", "--limit-test", "32",
+                                         "--batch-size", "16", "--threads", "2", "--quiet", "--model", "resnet8",
+                                         "--epochs", "0", "--criterion", "snip", "--sparsity", "0.5",
+                                         "--out", t.path + "/run"},
+                        t.path, 120);
+  ASSERT_EQ(r.code, 0) << (r.code == 137 ? std::string("hung (killed after 120 s)") : r.err);
+  EXPECT_GT(expect_masked_zero(t.path + "/run/pruned.safetensors"), 5);
+}
+
 TEST_F(AlgorithmApps, EpsdSweepWritesTheReports) {
   TempDir t;
   RunResult r = run_app("sparrow-epsd", cat(kData, {"--model", "resnet8", "--epochs", "1", "--sweep", "--sweep-methods",
