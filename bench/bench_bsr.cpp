@@ -219,14 +219,34 @@ bool close_enough(const float* got, const float* ref, int64_t n, double* rel_err
 // ---------------------------------------------------------------------------------------------------
 // CPU.
 
+// 64-byte aligned buffers, as the engine's tensors are (engine/storage.cpp): the kernels stream large outputs
+// with non-temporal stores only to aligned rows, so a std::vector's 16-byte alignment would time a store
+// path that training never takes.
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+using Floats = std::vector<float, Aligned64<float>>;
+
+Floats aligned(const std::vector<float>& v) { return Floats(v.begin(), v.end()); }
+
 struct CpuData {
   Shape s;
-  std::vector<float> x, dy, w, y, dx, dw, y_ref, dx_ref, dw_ref;
+  Floats x, dy, w, y, dx, dw;
   explicit CpuData(const Shape& sh)
       : s(sh),
-        x(random_floats(int64_t(sh.m) * sh.k, 1)),
-        dy(random_floats(int64_t(sh.m) * sh.n, 2)),
-        w(random_floats(int64_t(sh.n) * sh.k, 3)),
+        x(aligned(random_floats(int64_t(sh.m) * sh.k, 1))),
+        dy(aligned(random_floats(int64_t(sh.m) * sh.n, 2))),
+        w(aligned(random_floats(int64_t(sh.n) * sh.k, 3))),
         y(size_t(sh.m) * sh.n),
         dx(size_t(sh.m) * sh.k),
         dw(size_t(sh.n) * sh.k) {}
@@ -309,7 +329,7 @@ int run_json_cpu(const Options& o) {
     std::map<Pass, double> dense_ms;
     for (Pass pass : kPasses)
       dense_ms[pass] = time_ms([&] { dense_pass(d, d.w.data(), pass); }, o.min_seconds);
-    const std::vector<float> dw_full = d.dw;  // dyᵀ·x from the last dense weight-gradient run
+    const std::vector<float> dw_full(d.dw.begin(), d.dw.end());  // dyᵀ·x from the last dense weight-gradient run
     for (int block : o.blocks) {
       std::map<Pass, std::vector<std::pair<double, double>>> curve;
       uint32_t seed = 7;
@@ -368,7 +388,8 @@ struct Dev {
   float* f() const { return static_cast<float*>(p); }
 };
 
-void upload(Dev& d, const std::vector<float>& h) {
+template <class Vec>
+void upload(Dev& d, const Vec& h) {
   SPARROW_CUDA_CHECK(cudaMemcpy(d.p, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
 }
 std::vector<float> download(const Dev& d, size_t n) {
