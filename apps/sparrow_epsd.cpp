@@ -75,11 +75,9 @@ RunOutcome run_one(const AppCli& cli, const DataBundle& data, const EpsdOptions&
     ModelSnapshot init(*model);  // W0, P0 and the initial BN statistics
     // Pruning batches: a separate seeded stream over the training set (two views and pairs included so
     // every SD loss finds what it needs).
-    LoaderConfig lc = train_loader_config(data, o, BatchSpec{true, true});
-    lc.batch_size = e.prune_batch_size;
-    // drop_last was decided for the training batch size; a pruning batch larger than the training set is
-    // the whole set (dropping it left an epoch of no batches, and the loop below spun forever).
-    lc.drop_last = data.train.n > lc.batch_size;
+    // A pruning batch larger than the training set is the whole set (drop_last is decided for this batch
+    // size: decided for --batch-size, it once left an epoch of no batches and the loop below spun forever).
+    LoaderConfig lc = train_loader_config(data, o, BatchSpec{true, true}, e.prune_batch_size);
     lc.seed = seed + 1000;
     lc.background = false;
     DataLoader loader(data.train, lc);

@@ -42,12 +42,13 @@ DataBundle load_data(const CommonOptions& o, double val_fraction) {
   return d;
 }
 
-LoaderConfig train_loader_config(const DataBundle& d, const CommonOptions& o, BatchSpec spec) {
+LoaderConfig train_loader_config(const DataBundle& d, const CommonOptions& o, BatchSpec spec, int batch_size) {
   LoaderConfig c;
-  c.batch_size = o.batch_size;
+  c.batch_size = batch_size > 0 ? batch_size : o.batch_size;
   c.shuffle = true;
-  // BatchNorm needs more than one sample; a trailing batch of 1 would also be a noisy step.
-  c.drop_last = d.train.n > o.batch_size;
+  // BatchNorm needs more than one sample; a trailing batch of 1 would also be a noisy step. A set smaller
+  // than one batch is one (short) batch, never none.
+  c.drop_last = d.train.n > c.batch_size;
   c.seed = o.seed;
   c.augment = d.train_aug;
   c.spec = spec;

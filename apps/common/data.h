@@ -16,7 +16,9 @@ struct DataBundle {
 };
 
 DataBundle load_data(const CommonOptions& o, double val_fraction = 0.0);
-LoaderConfig train_loader_config(const DataBundle& d, const CommonOptions& o, BatchSpec spec = {});
+// Training loader settings; batch_size > 0 overrides --batch-size (EPSD's pruning batches). The last partial
+// batch is dropped unless it is the only one.
+LoaderConfig train_loader_config(const DataBundle& d, const CommonOptions& o, BatchSpec spec = {}, int batch_size = 0);
 
 // N×C×H×W float tensor from a batch's view (x, x2 or x_pair) and I64 labels, on `device`.
 Tensor images_tensor(const Batch& b, const std::vector<float>& view, Device device);

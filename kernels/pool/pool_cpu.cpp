@@ -87,11 +87,10 @@ void max_pool2d_forward_ref_cpu(const Pool2dShape& s, const T* x, T* y, int32_t*
             const int ix = ox * s.stride - s.pad + kx;
             if (ix < 0 || ix >= s.w) continue;
             const T v = xp[iy * s.w + ix];
-            if (arg < 0) {
+            // Written out here, not through take_max: the oracle shares no code with the fast path.
+            if (arg < 0 || v > best || (v != v && best == best)) {
               best = v;
               arg = iy * s.w + ix;
-            } else {
-              take_max(v, iy * s.w + ix, best, arg);
             }
           }
         }
