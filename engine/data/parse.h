@@ -56,6 +56,13 @@ struct ValAnnotation {
 std::vector<ValAnnotation> parse_val_annotations(const std::string& text, const std::string& name,
                                                  const std::vector<std::string>& sorted_wnids);
 
+// Checks a JPEG before stb_image decodes it (jpeg_check.cpp): every marker segment and every scan's
+// entropy-coded data, down to the Huffman codes, as stb_image 2.27 would read them. Fails with a one-line
+// error on anything stb would decode from bytes that are not in the file (a truncated scan, a code its
+// table lacks, a missing restart marker), on tables a scan uses before they are defined, and on a frame of
+// more than `max_pixels` pixels. Inputs that do not start like a JPEG (FF [FF...] D8) are left alone.
+void check_jpeg_stream(const uint8_t* bytes, size_t size, const std::string& name, int64_t max_pixels);
+
 // Decodes a JPEG or PNG (grayscale or RGB, alpha dropped) into `dst` as 3×side×side CHW. The header is
 // read first: an image announcing more than `max_pixels` pixels, or another size than side×side, is
 // rejected before any pixel memory is allocated.

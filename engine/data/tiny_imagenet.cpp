@@ -81,73 +81,7 @@ std::string shown(const std::string& s) {
   return s.size() > 80 ? out + "..." : out;
 }
 
-// stb_image 2.27 (Debian 12's libstb-dev) trusts some JPEG fields it should not (found by
-// tests/fuzz/fuzz_tiny_imagenet): a Huffman table (DHT) declaring more than 256 codes makes it write past
-// the table, and a scan using a Huffman table no DHT defined makes it index with uninitialised memory. So
-// the marker structure of a JPEG is validated here first, through every segment and scan: segment lengths
-// inside the file, Huffman tables within their limits and defined before a scan uses them.
-void check_jpeg_structure(const uint8_t* b, size_t size, const std::string& name) {
-  // stb_image takes any input starting with FF (FF ...) D8 for a JPEG: so does this check.
-  size_t pos = 0;
-  if (size == 0 || b[0] != 0xFF) return;
-  while (pos < size && b[pos] == 0xFF) ++pos;
-  if (pos >= size || b[pos] != 0xD8) return;
-  ++pos;  // after SOI
-  bool dc_defined[4] = {false, false, false, false}, ac_defined[4] = {false, false, false, false};
-  uint8_t frame = 0;  // the SOFn marker seen (C0/C1 sequential, C2 progressive)
-  while (pos < size) {
-    SPARROW_CHECK(b[pos] == 0xFF, name, ": corrupt JPEG (no marker at byte ", pos, ")");
-    while (pos < size && b[pos] == 0xFF) ++pos;  // fill bytes
-    if (pos >= size) break;
-    const uint8_t m = b[pos++];
-    if (m == 0xD9) return;                                      // EOI
-    if ((m >= 0xD0 && m <= 0xD8) || m == 0x01) continue;        // RSTn, SOI, TEM: no length
-    SPARROW_CHECK(pos + 2 <= size, name, ": corrupt JPEG (marker FF", std::hex, int(m), std::dec,
-                  " has no length)");
-    const size_t len = (size_t(b[pos]) << 8) | b[pos + 1];
-    SPARROW_CHECK(len >= 2 && pos + len <= size, name, ": corrupt JPEG (segment FF", std::hex, int(m), std::dec,
-                  " at byte ", pos - 2, " runs past the end of the file)");
-    const uint8_t* seg = b + pos + 2;
-    const size_t seg_len = len - 2;
-    if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) frame = m;  // SOFn
-    if (m == 0xDA) {  // SOS: Ns, Ns x (component, DC table << 4 | AC table), Ss, Se, Ah << 4 | Al
-      const size_t ns = seg_len > 0 ? seg[0] : 0;
-      SPARROW_CHECK(ns >= 1 && ns <= 4 && seg_len == 4 + 2 * ns, name, ": corrupt JPEG (bad scan header)");
-      SPARROW_CHECK(frame != 0, name, ": corrupt JPEG (scan before the frame header)");
-      const int ss = seg[1 + 2 * ns], ah = seg[3 + 2 * ns] >> 4;
-      const bool progressive = frame == 0xC2;
-      for (size_t c = 0; c < ns; ++c) {
-        const int td = seg[2 + 2 * c] >> 4, ta = seg[2 + 2 * c] & 15;
-        SPARROW_CHECK(td <= 3 && ta <= 3, name, ": corrupt JPEG (scan selects Huffman table ", td, "/", ta, ")");
-        const bool uses_dc = !progressive || (ss == 0 && ah == 0), uses_ac = !progressive || ss > 0;
-        SPARROW_CHECK((!uses_dc || dc_defined[td]) && (!uses_ac || ac_defined[ta]), name,
-                      ": corrupt JPEG (a scan uses a Huffman table that was never defined)");
-      }
-    }
-    if (m == 0xC4) {  // DHT: one or more tables of 1 + 16 + n bytes
-      size_t t = 0;
-      while (t < seg_len) {
-        SPARROW_CHECK(t + 17 <= seg_len, name, ": corrupt JPEG (truncated Huffman table)");
-        const int tc = seg[t] >> 4, th = seg[t] & 15;
-        SPARROW_CHECK(tc <= 1 && th <= 3, name, ": corrupt JPEG (Huffman table class ", tc, " id ", th, ")");
-        size_t n = 0;
-        for (int i = 1; i <= 16; ++i) n += seg[t + i];
-        SPARROW_CHECK(n <= 256, name, ": corrupt JPEG (Huffman table declares ", n, " codes, at most 256)");
-        SPARROW_CHECK(t + 17 + n <= seg_len, name, ": corrupt JPEG (Huffman table longer than its segment)");
-        (tc == 0 ? dc_defined : ac_defined)[th] = true;
-        t += 17 + n;
-      }
-    }
-    pos += len;
-    if (m == 0xDA) {  // SOS: entropy-coded data follows, up to the next marker that is not RSTn or a stuffed 00
-      while (pos + 1 < size && !(b[pos] == 0xFF && b[pos + 1] != 0x00 && !(b[pos + 1] >= 0xD0 && b[pos + 1] <= 0xD7)))
-        ++pos;
-      if (pos + 1 >= size) return;  // data runs to the end: stb stops there
-    }
-  }
-}
-
-// The PNG chunk structure, checked the same way before stb_image runs: every chunk inside the file, and
+// The PNG chunk structure, checked before stb_image runs: every chunk inside the file, and
 // no empty IDAT chunk (stb_image 2.27 copies an empty IDAT through a null buffer pointer: undefined
 // behaviour found by fuzz_tiny_imagenet, harmless in practice but not something to rely on).
 void check_png_structure(const uint8_t* b, size_t size, const std::string& name) {
@@ -222,8 +156,9 @@ void decode_image_bytes(const uint8_t* bytes, size_t size, const std::string& na
   SPARROW_CHECK(size > 0, name, ": file is empty");
   SPARROW_CHECK(size < (size_t(1) << 31), name, ": file too large");
   SPARROW_CHECK(side > 0 && side <= 4096, name, ": bad expected image side ", side);
-  // Before stb_image reads anything: its header pass (stbi_info) already builds JPEG Huffman tables.
-  check_jpeg_structure(bytes, size, name);
+  // Before stb_image reads anything: stb 2.27 trusts JPEG tables and scan data more than untrusted files
+  // allow (see jpeg_check.cpp), and its header pass (stbi_info) already builds Huffman tables.
+  check_jpeg_stream(bytes, size, name, max_pixels);
   check_png_structure(bytes, size, name);
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(bytes, int(size), &w, &h, &comp))

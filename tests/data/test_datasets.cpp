@@ -23,9 +23,12 @@
 #include "engine/base/error.h"
 #include "engine/data/dataset.h"
 #include "engine/data/parse.h"
+#include "tests/data/data_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace sparrow;
+using sparrow_test::expect_error;
+using sparrow_test::read_all;
 
 namespace {
 
@@ -61,18 +64,6 @@ void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
   ASSERT_NE(f, nullptr) << path;
   ASSERT_EQ(gzwrite(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
   ASSERT_EQ(gzclose(f), Z_OK);
-}
-
-// Runs fn, expects a sparrow::Error whose message contains every piece and is a single line.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& pieces) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected sparrow::Error containing '" << pieces.front() << "'";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : pieces) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "multi-line message: " << msg;
-  }
 }
 
 uint8_t pixel_value(int file, int record, int p) { return uint8_t((file * 31 + record * 7 + p * 13) & 0xFF); }
@@ -557,11 +548,6 @@ TEST(Subsets, SplitValidationIsStratifiedDisjointAndDeterministic) {
 // (tests/fuzz) run on arbitrary bytes; regressions for what fuzzing found; the committed fuzz corpora
 
 namespace {
-
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 std::vector<uint8_t> gz_bytes(const std::vector<uint8_t>& plain) {
   TempDir d;

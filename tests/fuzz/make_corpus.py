@@ -7,7 +7,9 @@ import gzip
 import io
 import json
 import os
+import shutil
 import struct
+import subprocess
 import sys
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
@@ -78,6 +80,34 @@ put("fuzz_tiny_imagenet", "palette.png", save(rgb.quantize(16), "PNG", optimize=
 put("fuzz_tiny_imagenet", "rgba.png", save(rgb.convert("RGBA"), "PNG", optimize=True))
 put("fuzz_tiny_imagenet", "gray16.png", save(gray.convert("I;16"), "PNG"))
 put("fuzz_tiny_imagenet", "gray_alpha.png", save(gray.convert("LA"), "PNG"))
+
+
+# Lossless transcodes of one image by libjpeg-turbo's tools (Debian: libjpeg-turbo-progs): restart
+# intervals and progressive scans over the same DCT coefficients, so stb_image must decode every one to
+# the same pixels (tests/data/test_jpeg_check.cpp checks that, and that any cut in their scans is caught).
+def jpeg_tool(cmd, data):
+    return subprocess.run(cmd, input=data, stdout=subprocess.PIPE, check=True).stdout
+
+
+if shutil.which("cjpeg") and shutil.which("jpegtran"):
+    def texture(x, y):
+        n = ((x * 73856093) ^ (y * 19349663)) % 41  # fixed pseudo-noise: non-zero high frequencies
+        return ((x * 5 + n) & 0xFF, (y * 3 + 2 * n) & 0xFF, ((x ^ y) * 4 + n) & 0xFF)
+    ppm = save(image("RGB", texture), "PPM")
+    base = jpeg_tool(["cjpeg", "-quality", "75", "-sample", "2x2"], ppm)
+    gray_base = jpeg_tool(["cjpeg", "-quality", "90", "-grayscale"], ppm)
+    put("fuzz_tiny_imagenet", "cjpeg-420.jpg", base)
+    put("fuzz_tiny_imagenet", "cjpeg-420-progressive.jpg", jpeg_tool(["jpegtran", "-progressive"], base))
+    put("fuzz_tiny_imagenet", "cjpeg-420-restart1.jpg", jpeg_tool(["jpegtran", "-restart", "1"], base))
+    put("fuzz_tiny_imagenet", "cjpeg-420-progressive-restart1.jpg",
+        jpeg_tool(["jpegtran", "-progressive", "-restart", "1"], base))
+    put("fuzz_tiny_imagenet", "cjpeg-gray.jpg", gray_base)
+    put("fuzz_tiny_imagenet", "cjpeg-gray-restart3b.jpg", jpeg_tool(["jpegtran", "-restart", "3B"], gray_base))
+    put("fuzz_tiny_imagenet", "cjpeg-gray-progressive-restart2b.jpg",
+        jpeg_tool(["jpegtran", "-progressive", "-restart", "2B"], gray_base))
+else:
+    print("make_corpus.py: cjpeg/jpegtran not found (libjpeg-turbo-progs): cjpeg-*.jpg seeds left as they are",
+          file=sys.stderr)
 
 
 # --- safetensors: the layout engine/io/safetensors.cpp writes
