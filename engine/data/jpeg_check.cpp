@@ -30,8 +30,6 @@ namespace sparrow {
 
 namespace {
 
-constexpr int kMaxDimension = 1 << 24;  // STBI_MAX_DIMENSIONS
-
 // A Huffman table as BITS/HUFFVAL define it, decoded canonically (JPEG spec F.2.2.3): the symbols of
 // length L carry the consecutive codes first[L] .. first[L] + count[L] - 1. Codes of up to kFastBits bits
 // are also looked up directly: fast[next kFastBits bits] = length << 8 | symbol (0: longer or no code).
@@ -50,6 +48,7 @@ struct Component {
   int x = 0, y = 0;              // samples of this component (stb's img_comp[].x, .y)
   int coeff_w = 0, coeff_h = 0;  // blocks stored for a progressive frame (whole MCUs)
   int hd = 0, ha = 0;            // Huffman tables of the current scan
+  int dc_pred = 0;               // DC predictor, reset at each scan and restart as stb resets it
   // Progressive: per block, bit k set when zig-zag coefficient k is not zero; a row of blocks is
   // allocated when a scan first reaches it, so a huge frame header with little data allocates little.
   std::vector<std::vector<uint64_t>> nonzero;
@@ -124,7 +123,7 @@ class ScanBits {
     if (nbits_ >= 8 || !next_is_marker()) {
       SPARROW_CHECK(nbits_ >= 8 || pos_ < size_, name_, ": corrupt JPEG (scan ", scan_,
                     ": the file ends without a marker after the data)");
-      SPARROW_FAIL(name_, ": corrupt JPEG (scan ", scan_, ": data left after its last MCU, at byte ",
+      SPARROW_FAIL(name_, ": corrupt JPEG (scan ", scan_, ": data left after its last MCU, near byte ",
                    pos_ - size_t(nbits_ / 8), ")");
     }
     // stb reads the byte after the first FF as the marker unless its look-ahead already met the marker.
@@ -273,7 +272,9 @@ class JpegWalk {
         Huffman& h = (tc == 0 ? dc_ : ac_)[th];
         int n = 0;
         for (int len = 1; len <= 16; ++len) n += h.count[len] = get8();
-        SPARROW_CHECK(n <= 256, name_, ": corrupt JPEG (Huffman table declares ", n, " codes, at most 256)");
+        // stb_image keeps a symbol's index in a byte with 255 meaning "no short code", so a 256th symbol
+        // with a code of 9 bits or fewer is decoded as another one (found in review): at most 255 codes.
+        SPARROW_CHECK(n <= 255, name_, ": corrupt JPEG (Huffman table declares ", n, " codes, at most 255)");
         int code = 0, k = 0;
         for (int len = 1; len <= 16; ++len) {  // canonical codes; stb rejects a length that overflows
           h.first[len] = code;
@@ -321,9 +322,8 @@ class JpegWalk {
     SPARROW_CHECK(precision == 8, name_, ": unsupported JPEG (", precision, "-bit samples; 8-bit only)");
     SPARROW_CHECK(width_ > 0 && height_ > 0, name_, ": unsupported JPEG (image size ", width_, "x", height_,
                   " in the frame header)");
-    SPARROW_CHECK(width_ <= kMaxDimension && height_ <= kMaxDimension &&
-                      int64_t(width_) * height_ <= max_pixels_,
-                  name_, ": image ", width_, "x", height_, " exceeds the size limit of ", max_pixels_, " pixels");
+    SPARROW_CHECK(int64_t(width_) * height_ <= max_pixels_, name_, ": image ", width_, "x", height_,
+                  " exceeds the size limit of ", max_pixels_, " pixels");
     SPARROW_CHECK(nc == 1 || nc == 3 || nc == 4, name_, ": corrupt JPEG (", nc, " components)");
     comps_.assign(size_t(nc), Component{});
     int hmax = 1, vmax = 1;
@@ -397,7 +397,12 @@ class JpegWalk {
                     ": corrupt JPEG (a scan uses a Huffman table that was never defined)");
       SPARROW_CHECK(quant_defined_[c.tq], name_, ": corrupt JPEG (component ", c.id, " uses quantization table ",
                     c.tq, ", which was never defined)");
+      // stb clears a block's coefficients in the first DC scan; a scan before it would read (and, for AC
+      // refinement, take its bit count from) uninitialised memory (found in review).
+      SPARROW_CHECK(!progressive_ || (ss_ == 0 && ah_ == 0) || c.scanned, name_, ": corrupt JPEG (scan ", scans_,
+                    " comes before the first DC scan of component ", c.id, ")");
     }
+    for (auto& c : comps_) c.dc_pred = 0;
 
     if (progressive_)
       for (int n : order) comps_[size_t(n)].nonzero.resize(size_t(comps_[size_t(n)].coeff_h));
@@ -424,6 +429,7 @@ class JpegWalk {
       if (--todo <= 0 && mcu + 1 < mcus) {
         in.restart();
         eob_run_ = 0;
+        for (auto& c : comps_) c.dc_pred = 0;
         todo = restart_interval_;
       }
     }
@@ -432,12 +438,21 @@ class JpegWalk {
     return in.end_of_scan();
   }
 
+  // A DC difference, added to the predictor as stb adds it. stb multiplies the sum by the quantization
+  // step (up to 65535) or by 2^Al (up to 2^13) in an int: beyond ±32767 that overflows (found in review;
+  // 8-bit JPEGs stay within ±2047).
+  void dc(ScanBits& in, Component& c) {
+    const int t = in.huffman(dc_[c.hd]);
+    SPARROW_CHECK(t <= 15, name_, ": corrupt JPEG (scan ", scans_, ": DC magnitude category ", t, ")");
+    c.dc_pred += in.receive_extend(t);
+    SPARROW_CHECK(c.dc_pred >= -32767 && c.dc_pred <= 32767, name_, ": corrupt JPEG (scan ", scans_,
+                  ": DC coefficient ", c.dc_pred, " of component ", c.id, " out of range)");
+  }
+
   void block(ScanBits& in, int n, int bx, int by) {
     Component& c = comps_[size_t(n)];
     if (!progressive_) {  // F.2.2: DC difference, then AC run/size pairs up to EOB or 63
-      const int t = in.huffman(dc_[c.hd]);
-      SPARROW_CHECK(t <= 15, name_, ": corrupt JPEG (scan ", scans_, ": DC magnitude category ", t, ")");
-      in.receive_extend(t);
+      dc(in, c);
       int k = 1;
       do {
         const int rs = in.huffman(ac_[c.ha]), r = rs >> 4, s = rs & 15;
@@ -457,9 +472,7 @@ class JpegWalk {
     if (ss_ == 0) {  // DC: first scan clears the block (as stb does), refinement reads one bit
       if (ah_ == 0) {
         nz = 0;
-        const int t = in.huffman(dc_[c.hd]);
-        SPARROW_CHECK(t <= 15, name_, ": corrupt JPEG (scan ", scans_, ": DC magnitude category ", t, ")");
-        in.receive_extend(t);
+        dc(in, c);
       } else {
         in.bit();
       }

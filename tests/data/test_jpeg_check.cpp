@@ -56,18 +56,26 @@ std::vector<std::pair<size_t, size_t>> scan_ranges(const std::vector<uint8_t>& b
   return out;
 }
 
-// A hand-built grayscale baseline JPEG of `blocks`×`blocks` 8×8 blocks: a quantization table of ones, a DC
-// table whose only code is '0' (difference category 0) and an AC table whose only code is '0' (end of
-// block). So each block is the two bits 00, and decodes to mid-gray: 128 everywhere.
+// A hand-built grayscale JPEG of `blocks`×`blocks` 8×8 blocks: a quantization table of ones, a DC table
+// whose only code is '0' (difference category `dc_symbol`, 0 by default) and an AC table whose only code
+// is '0' (symbol 00: end of block, or an end-of-band run of 1 in a progressive scan). So with the
+// defaults each block is the two bits 00 and decodes to mid-gray: 128 everywhere.
+struct TinyScan {
+  int ss = 0, se = 63, approx = 0;     // spectral selection and Ah << 4 | Al
+  std::vector<uint8_t> data = {0x3F};  // 00 then 1-bits padding to the byte
+};
 struct Tiny {
   int blocks = 1;
   int components = 1;
   int restart_interval = 0;
   int scan_dc_table = 0;
   int quant_table = 0;
+  int dc_symbol = 0;
   int frame_marker = 0xC0;
-  std::vector<uint8_t> data = {0x3F};  // 00 then 1-bits padding to the byte
+  std::vector<std::vector<uint8_t>> extra_segments;  // whole segments, before the first scan
+  std::vector<TinyScan> scans = {TinyScan{}};
   bool eoi = true;
+  std::vector<uint8_t>& data() { return scans[0].data; }
 };
 
 void segment(std::vector<uint8_t>& j, int marker, const std::vector<uint8_t>& body) {
@@ -86,15 +94,31 @@ std::vector<uint8_t> tiny_jpeg(const Tiny& t) {
   for (int c = 1; c <= t.components; ++c) sof.insert(sof.end(), {uint8_t(c), 0x11, uint8_t(t.quant_table)});
   segment(j, t.frame_marker, sof);
   std::vector<uint8_t> dht(18, 0);
-  dht[1] = 1;  // one code of length 1, symbol 0
+  dht[1] = 1;  // one code of length 1
+  dht[17] = uint8_t(t.dc_symbol);
   segment(j, 0xC4, dht);
-  dht[0] = 0x10;  // the same as AC table 0: symbol 0x00 = end of block
+  dht[0] = 0x10;  // AC table 0: symbol 0x00
+  dht[17] = 0;
   segment(j, 0xC4, dht);
   if (t.restart_interval) segment(j, 0xDD, {0, uint8_t(t.restart_interval)});
-  segment(j, 0xDA, {1, 1, uint8_t(t.scan_dc_table << 4), 0, 63, 0});
-  j.insert(j.end(), t.data.begin(), t.data.end());
+  for (const auto& s : t.extra_segments) j.insert(j.end(), s.begin(), s.end());
+  for (const TinyScan& s : t.scans) {
+    segment(j, 0xDA, {1, 1, uint8_t(t.scan_dc_table << 4), uint8_t(s.ss), uint8_t(s.se), uint8_t(s.approx)});
+    j.insert(j.end(), s.data.begin(), s.data.end());
+  }
   if (t.eoi) j.insert(j.end(), {0xFF, 0xD9});
   return j;
+}
+
+// Entropy-coded bytes from a string of '0'/'1': padded with 1-bits, FF bytes stuffed with 00.
+std::vector<uint8_t> pack_bits(std::string bits) {
+  while (bits.size() % 8) bits += '1';
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < bits.size(); i += 8) {
+    out.push_back(uint8_t(std::stoi(bits.substr(i, 8), nullptr, 2)));
+    if (out.back() == 0xFF) out.push_back(0x00);
+  }
+  return out;
 }
 
 const std::vector<std::string> kTranscodes420 = {"cjpeg-420-progressive.jpg", "cjpeg-420-restart1.jpg",
@@ -167,9 +191,9 @@ TEST(JpegCheck, RestartMarkersMustEndEveryInterval) {
   Tiny t;
   t.blocks = 2;
   t.restart_interval = 1;
-  t.data = {0x3F, 0xFF, 0xD0, 0x3F, 0xFF, 0xD1, 0x3F, 0xFF, 0xD2, 0x3F};
+  t.data() = {0x3F, 0xFF, 0xD0, 0x3F, 0xFF, 0xD1, 0x3F, 0xFF, 0xD2, 0x3F};
   EXPECT_EQ(decode(tiny_jpeg(t), "t.jpg", 16), std::vector<uint8_t>(3 * 16 * 16, 128));
-  t.data = {0x3F, 0x3F, 0x3F, 0x3F};
+  t.data() = {0x3F, 0x3F, 0x3F, 0x3F};
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); }, {"t.jpg", "scan 1: no restart marker after MCU 1 of 4"});
 }
 
@@ -179,25 +203,25 @@ TEST(JpegCheck, HandBuiltFileAndEachOfItsDefects) {
   EXPECT_EQ(px, std::vector<uint8_t>(3 * 8 * 8, 128));
 
   Tiny t;
-  t.data = {};
+  t.data() = {};
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); },
                {"t.jpg", "scan 1: the entropy-coded data ends in MCU 1 of 1 (a marker cuts it short)"});
   t = Tiny{};
-  t.data = {0xFE, 0xFE};  // 16 one-bits before the first zero: no code of the DC table
+  t.data() = {0xFE, 0xFE};  // 16 one-bits before the first zero: no code of the DC table
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); },
                {"t.jpg", "scan 1: a Huffman code its table does not have, in MCU 1 of 1"});
   t = Tiny{};
   t.eoi = false;
-  t.data = {0x00};  // one block, then the file ends: 6 bits and no marker
+  t.data() = {0x00};  // one block, then the file ends: 6 bits and no marker
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); }, {"t.jpg", "scan 1: the file ends without a marker"});
   t.blocks = 3;  // 9 blocks need 18 bits; the file has 8
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); },
                {"t.jpg", "ends in MCU 5 of 9 (the file is truncated)"});
   t = Tiny{};
-  t.data = {0x3F, 0x12};  // a byte after the last block: stb skips to the next FF and fails or not by chance
+  t.data() = {0x3F, 0x12};  // a byte after the last block: stb skips to the next FF and fails or not by chance
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); }, {"t.jpg", "scan 1: data left after its last MCU"});
   t.eoi = false;
-  t.data = {0x3F, 0xFF, 0xFF, 0xD9};  // fill bytes: stb would take the second FF for the marker and fail
+  t.data() = {0x3F, 0xFF, 0xFF, 0xD9};  // fill bytes: stb would take the second FF for the marker and fail
   expect_error([&] { check(tiny_jpeg(t), "t.jpg"); }, {"t.jpg", "scan 1: fill bytes before the marker after it"});
   t = Tiny{};
   t.scan_dc_table = 1;
@@ -216,6 +240,52 @@ TEST(JpegCheck, HandBuiltFileAndEachOfItsDefects) {
   EXPECT_NO_THROW(check(tiny_jpeg(Tiny{}), "t.jpg", 64));
   // Not a JPEG at all: left to the PNG check and to stb's format detection.
   EXPECT_NO_THROW(check({0x89, 'P', 'N', 'G'}, "x.png"));
+}
+
+// A progressive file in four scans (DC first, AC first, DC and AC refinement) decodes to its analytic
+// result; an AC scan before the component's first DC scan is an error (stb would take the number of
+// correction bits from coefficient memory no scan has written yet).
+TEST(JpegCheck, ProgressiveScansInOrderAndOutOfOrder) {
+  Tiny t;
+  t.frame_marker = 0xC2;
+  t.scans = {{0, 0, 0x01, {0x7F}}, {1, 63, 0x01, {0x7F}}, {0, 0, 0x10, {0x7F}}, {1, 63, 0x10, {0x7F}}};
+  EXPECT_EQ(decode(tiny_jpeg(t), "p.jpg", 8), std::vector<uint8_t>(3 * 8 * 8, 128));
+  t.scans = {{1, 63, 0x00, {0x7F}}, {0, 0, 0x00, {0x7F}}};
+  expect_error([&] { check(tiny_jpeg(t), "p.jpg"); }, {"p.jpg", "scan 1 comes before the first DC scan of component 1"});
+  t.scans = {{0, 0, 0x10, {0x7F}}, {0, 0, 0x00, {0x7F}}};  // a DC refinement first: the same
+  expect_error([&] { check(tiny_jpeg(t), "p.jpg"); }, {"p.jpg", "scan 1 comes before the first DC scan of component 1"});
+}
+
+// Two contract breaks found in review of jpeg_check.cpp, each reproduced against stb_image with UBSan:
+// a 256th Huffman symbol (stb's fast table keeps symbol indices in a byte, 255 meaning "none", so a short
+// code for symbol 255 is decoded as another symbol and the bit position drifts), and a DC predictor
+// beyond ±32767 (stb multiplies it by the quantization step in an int: signed overflow).
+TEST(JpegCheck, TablesAndCoefficientsStbCannotHold) {
+  Tiny t;
+  std::vector<uint8_t> dht(1 + 16 + 256, 0);
+  dht[0] = 0x01;  // DC table 1: 255 codes of 8 bits and one of 9
+  dht[8] = 255;
+  dht[9] = 1;
+  t.extra_segments = {{}};
+  segment(t.extra_segments[0], 0xC4, dht);
+  expect_error([&] { check(tiny_jpeg(t), "h.jpg"); }, {"h.jpg", "Huffman table declares 256 codes, at most 255"});
+
+  t = Tiny{};
+  t.dc_symbol = 15;  // the DC code '0' means a 15-bit difference
+  const std::string block = "0" + std::string(15, '1') + "0";  // +32767, then end of block
+  t.data() = pack_bits(block);
+  EXPECT_EQ(decode(tiny_jpeg(t), "d.jpg", 8), std::vector<uint8_t>(3 * 8 * 8, 255));  // DC 32767: white
+  t.blocks = 2;
+  t.data() = pack_bits(block + block + block + block);
+  expect_error([&] { check(tiny_jpeg(t), "d.jpg"); }, {"d.jpg", "scan 1: DC coefficient 65534 of component 1 out of range"});
+  t.restart_interval = 1;  // the predictor restarts with each interval: in range again
+  const auto one = pack_bits(block);
+  t.data() = one;
+  for (int i = 0; i < 3; ++i) {
+    t.data().insert(t.data().end(), {0xFF, uint8_t(0xD0 + i)});
+    t.data().insert(t.data().end(), one.begin(), one.end());
+  }
+  EXPECT_NO_THROW(check(tiny_jpeg(t), "d.jpg"));
 }
 
 // Found by fuzz_tiny_imagenet (900 s run): a baseline scan whose data a marker cuts short in MCU 11 of 64.
