@@ -7,11 +7,12 @@
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET (default 10)] [BUILD_DIR (default build-fuzz)]
 # Environment: TARGETS (space-separated subset, default all five), JOBS (build jobs, default 1),
-#   FUZZ_ARGS (more libFuzzer flags, e.g. "-max_len=65536").
+#   FUZZ_ARGS (more libFuzzer flags, e.g. "-max_len=65536"), SPARROW_FUZZ_JPEG_ORACLE=1 (fuzz_tiny_imagenet
+#   also fails when stb_image cannot decode a JPEG that engine/data/jpeg_check.cpp accepted).
 # Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev); installs them with apt when root.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0"; }
+usage() { sed -n '2,13p' "$0"; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 secs=${1:-10}
 [[ "$secs" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS_PER_TARGET must be a whole number, got '$secs'" >&2; exit 2; }
