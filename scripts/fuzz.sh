@@ -12,7 +12,7 @@
 # Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev); installs them with apt when root.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0"; }
+usage() { sed -n '2,12p' "$0"; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 secs=${1:-10}
 [[ "$secs" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS_PER_TARGET must be a whole number, got '$secs'" >&2; exit 2; }
