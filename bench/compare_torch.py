@@ -6,7 +6,11 @@ PyTorch, and the medians and their ratio are reported (one JSON line per configu
 
 usage: bench/compare_torch.py [--model resnet20] [--sparsity 0 0.9 ...] [--batch 128] [--threads 2]
                               [--steps 5] [--rounds 5] [--build build] [--sparse-kernels auto]
-                              [--torch-baseline ../shared/tools/torch_baseline.py]
+                              [--scope global|layer] [--torch-baseline ../shared/tools/torch_baseline.py]
+
+--scope is sparrow's mask scope (global top-k, as torch_baseline.py's prune.global_unstructured, or the same
+sparsity in every layer). PyTorch's masked step costs the same whatever the masks, so its column is the
+peer for both.
 """
 import argparse, json, os, statistics, subprocess, sys
 
@@ -28,6 +32,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--build", default=os.path.join(HERE, "..", "build"))
     ap.add_argument("--sparse-kernels", default="auto")
+    ap.add_argument("--scope", default="global", choices=["global", "layer"])
     ap.add_argument("--torch-baseline", default=os.path.join(HERE, "..", "..", "shared", "tools", "torch_baseline.py"))
     a = ap.parse_args()
     sparrow = os.path.join(a.build, "bin", "sparrow-bench-train-step")
@@ -42,12 +47,13 @@ def main():
         for _ in range(a.rounds):
             ours += [r["img_per_s"] for r in run_json(
                 [sparrow, "--model", a.model, "--batch", str(a.batch), "--threads", str(a.threads), "--steps",
-                 str(a.steps), "--sparsity", str(s), "--sparse-kernels", a.sparse_kernels]) if "img_per_s" in r]
+                 str(a.steps), "--sparsity", str(s), "--sparse-kernels", a.sparse_kernels, "--scope", a.scope])
+                if "img_per_s" in r]
             theirs += [r["img_per_s"] for r in run_json(
                 ["/usr/bin/python3", a.torch_baseline, "--model", a.model, "--batch", str(a.batch), "--threads",
                  str(a.threads), "--steps", str(a.steps), "--sparsity", str(s)])]
         row = {"model": a.model, "sparsity": s, "batch": a.batch, "threads": a.threads, "rounds": a.rounds,
-               "sparse_kernels": a.sparse_kernels if s > 0 else "none",
+               "sparse_kernels": a.sparse_kernels if s > 0 else "none", "scope": a.scope,
                "sparrow_img_per_s": round(statistics.median(ours), 1),
                "pytorch_img_per_s": round(statistics.median(theirs), 1)}
         row["ratio"] = round(row["sparrow_img_per_s"] / row["pytorch_img_per_s"], 2)
