@@ -341,6 +341,13 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return y;
 }
 
+Tensor BatchNorm2d::forward_relu(const Tensor& x, const Tensor& residual) {
+  if (is_training()) num_batches_tracked.data<int64_t>()[0] += 1;
+  Tensor y = batch_norm_relu(x, residual, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  last_output_shape = y.shape();
+  return y;
+}
+
 void Sequential::push_back(ModulePtr m) {
   register_module(std::to_string(layers_.size()), m);
   layers_.push_back(std::move(m));
@@ -348,7 +355,15 @@ void Sequential::push_back(ModulePtr m) {
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (auto& m : layers_) h = m->forward(h);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto* bn = dynamic_cast<BatchNorm2d*>(layers_[i].get());
+    if (bn && i + 1 < layers_.size() && dynamic_cast<ReLU*>(layers_[i + 1].get())) {
+      h = bn->forward_relu(h);
+      ++i;
+    } else {
+      h = layers_[i]->forward(h);
+    }
+  }
   return h;
 }
 

@@ -151,6 +151,9 @@ class BatchNorm2d : public Module {  // also normalises N×C inputs (BatchNorm1d
  public:
   explicit BatchNorm2d(int c, double momentum = 0.1, double eps = 1e-5);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x) + residual) as one fused op (residual may be undefined); what conv → BN → ReLU and the
+  // residual add of a ResNet block call.
+  Tensor forward_relu(const Tensor& x, const Tensor& residual = Tensor());
   const char* type_name() const override { return "BatchNorm2d"; }
   Shape last_output_shape;  // set by forward(), as for WeightLayer
   int c;
@@ -206,6 +209,7 @@ class Sequential : public Module {
  public:
   Sequential() = default;
   void push_back(ModulePtr m);
+  // Runs the layers in order; a BatchNorm2d followed by a ReLU runs as one BatchNorm2d::forward_relu.
   Tensor forward(const Tensor& x) override;
   const char* type_name() const override { return "Sequential"; }
   size_t size() const { return layers_.size(); }

@@ -395,23 +395,38 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 
 // ---------------------------------------------------------------- batch norm
 
-Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
-                  const Tensor& running_var, bool training, double momentum, double eps) {
-  SPARROW_NVTX_RANGE("batch_norm_fwd");
-  check_float(x, "batch_norm", "x");
-  SPARROW_CHECK(x.dim() == 4 || x.dim() == 2, "batch_norm: expected N×C×H×W or N×C, got ", x.shape_str());
-  const bool cuda = use_cuda(x, "batch_norm");
+namespace {
+// Validates batch_norm's arguments (op names the caller in messages) and returns the kernel shape.
+BatchNormShape batch_norm_shape(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                                const Tensor& running_var, bool training, const char* op) {
+  check_float(x, op, "x");
+  SPARROW_CHECK(x.dim() == 4 || x.dim() == 2, op, ": expected N×C×H×W or N×C, got ", x.shape_str());
+  const bool cuda = use_cuda(x, op);
   BatchNormShape s{int(x.size(0)), int(x.size(1)), x.dim() == 4 ? int(x.size(2) * x.size(3)) : 1};
   for (const Tensor* p : {&gamma, &beta, &running_mean, &running_var})
     if (p->defined()) {
-      SPARROW_CHECK(p->numel() == s.c && p->dtype() == x.dtype(), "batch_norm: parameter of shape ",
-                    p->shape_str(), " for ", s.c, " channels");
-      if (cuda) check_same_device(x, *p, "batch_norm");
+      SPARROW_CHECK(p->numel() == s.c && p->dtype() == x.dtype(), op, ": parameter of shape ", p->shape_str(),
+                    " for ", s.c, " channels");
+      if (cuda) check_same_device(x, *p, op);
     }
   SPARROW_CHECK(training || (running_mean.defined() && running_var.defined()),
-                "batch_norm: eval mode needs running statistics");
-  if (training) SPARROW_CHECK(int64_t(s.n) * s.hw > 1, "batch_norm: training needs more than one value per channel, got input ",
+                op, ": eval mode needs running statistics");
+  if (training) SPARROW_CHECK(int64_t(s.n) * s.hw > 1, op, ": training needs more than one value per channel, got input ",
                               x.shape_str());
+  return s;
+}
+
+template <typename T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? const_cast<T*>(t.data<T>()) : nullptr;
+}
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                  const Tensor& running_var, bool training, double momentum, double eps) {
+  SPARROW_NVTX_RANGE("batch_norm_fwd");
+  const BatchNormShape s = batch_norm_shape(x, gamma, beta, running_mean, running_var, training, "batch_norm");
+  const bool cuda = use_cuda(x, "batch_norm");
   Tensor y = like(x);
   Tensor save_mean = Tensor::empty({s.c}, x.dtype(), x.device()), save_invstd = Tensor::empty({s.c}, x.dtype(), x.device());
   if (cuda) {
@@ -474,6 +489,65 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
                                        dgamma.data<T>(), dbeta.data<T>());
     });
     return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(), needs[2] ? dbeta : Tensor()};
+  });
+}
+
+Tensor batch_norm_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
+                       const Tensor& running_mean, const Tensor& running_var, bool training, double momentum,
+                       double eps) {
+  const BatchNormShape s = batch_norm_shape(x, gamma, beta, running_mean, running_var, training, "batch_norm_relu");
+  if (residual.defined()) check_same_shape(x, residual, "batch_norm_relu");
+  if (use_cuda(x, "batch_norm_relu")) {
+    // No fused CUDA kernel: the composition (same results as the separate ops).
+    Tensor y = batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps);
+    return relu(residual.defined() ? add(y, residual) : y);
+  }
+  SPARROW_NVTX_RANGE("batch_norm_relu_fwd");
+  Tensor y = like(x);
+  Tensor save_mean = Tensor::empty({s.c}, x.dtype(), x.device()), save_invstd = Tensor::empty({s.c}, x.dtype(), x.device());
+  dispatch_float(x, "batch_norm_relu", [&](auto t) {
+    using T = decltype(t);
+    if (training)
+      batchnorm_relu_forward_train_cpu<T>(s, x.data<T>(), data_or_null<T>(residual), data_or_null<T>(gamma),
+                                          data_or_null<T>(beta), y.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
+                                          data_or_null<T>(running_mean), data_or_null<T>(running_var), momentum, eps);
+    else
+      batchnorm_relu_forward_eval_cpu<T>(s, x.data<T>(), data_or_null<T>(residual), data_or_null<T>(gamma),
+                                         data_or_null<T>(beta), running_mean.data<T>(), running_var.data<T>(), eps,
+                                         y.data<T>());
+  });
+  Tensor xd = x.detach();
+  Tensor gd = gamma.defined() ? gamma.detach() : Tensor(), bd = beta.defined() ? beta.detach() : Tensor();
+  // Without a residual, training backward recomputes the ReLU mask from x (no pass over y); otherwise the
+  // mask comes from y and the masked gradient is also the residual's.
+  const bool with_res = residual.defined();
+  Tensor yd = (with_res || !training) ? y.detach() : Tensor();
+  Tensor rm = training ? Tensor() : running_mean.clone(), rv = training ? Tensor() : running_var.clone();
+  return record(y, "batch_norm_relu", {x, residual, gamma, beta},
+                [s, xd, gd, bd, yd, save_mean, save_invstd, rm, rv, training, with_res, eps](
+                    const Tensor& g, const std::vector<bool>& needs) {
+    SPARROW_NVTX_RANGE("batch_norm_relu_bwd");
+    Tensor dx = like(xd), dz;
+    Tensor dgamma = Tensor::empty({s.c}, g.dtype(), g.device()), dbeta = Tensor::empty({s.c}, g.dtype(), g.device());
+    dispatch_float(g, "batch_norm_relu_backward", [&](auto t) {
+      using T = decltype(t);
+      if (training && !with_res) {
+        batchnorm_relu_backward_train_cpu<T>(s, xd.data<T>(), g.data<T>(), data_or_null<T>(gd), data_or_null<T>(bd),
+                                             save_mean.data<T>(), save_invstd.data<T>(), dx.data<T>(), dgamma.data<T>(),
+                                             dbeta.data<T>());
+        return;
+      }
+      dz = like(g);
+      relu_backward_cpu<T>(g.numel(), yd.data<T>(), g.data<T>(), dz.data<T>());
+      if (training)
+        batchnorm_backward_train_cpu<T>(s, xd.data<T>(), dz.data<T>(), data_or_null<T>(gd), save_mean.data<T>(),
+                                        save_invstd.data<T>(), dx.data<T>(), dgamma.data<T>(), dbeta.data<T>());
+      else
+        batchnorm_backward_eval_cpu<T>(s, xd.data<T>(), dz.data<T>(), data_or_null<T>(gd), rm.data<T>(), rv.data<T>(),
+                                       eps, dx.data<T>(), dgamma.data<T>(), dbeta.data<T>());
+    });
+    return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dz : Tensor(), needs[2] ? dgamma : Tensor(),
+                               needs[3] ? dbeta : Tensor()};
   });
 }
 

@@ -21,10 +21,9 @@ BasicBlockA::BasicBlockA(int cin, int cout, int stride, Rng& rng) : cin(cin), co
 }
 
 Tensor BasicBlockA::forward(const Tensor& x) {
-  Tensor y = relu(b1->forward(c1->forward(x)));
-  y = b2->forward(c2->forward(y));
+  Tensor y = b1->forward_relu(c1->forward(x));
   Tensor s = (stride != 1 || cin != cout) ? shortcut_a(x, cout, stride) : x;
-  Tensor out = relu(add(y, s));
+  Tensor out = b2->forward_relu(c2->forward(y), s);
   return gate ? gate->forward(out) : out;
 }
 
@@ -72,9 +71,8 @@ class BasicBlockB : public Module {
     }
   }
   Tensor forward(const Tensor& x) override {
-    Tensor y = relu(bn1->forward(conv1->forward(x)));
-    y = bn2->forward(conv2->forward(y));
-    return relu(add(y, shortcut ? shortcut->forward(x) : x));
+    Tensor y = bn1->forward_relu(conv1->forward(x));
+    return bn2->forward_relu(conv2->forward(y), shortcut ? shortcut->forward(x) : x);
   }
   const char* type_name() const override { return "BasicBlockB"; }
   std::shared_ptr<Conv2d> conv1, conv2;
@@ -104,7 +102,7 @@ class ResNet18 : public Model {
   Tensor forward(const Tensor& x) override {
     SPARROW_CHECK(x.dim() == 4 && x.size(1) == spec_.in_channels, "model 'resnet18' expects N×", spec_.in_channels,
                   "×H×W input, got ", x.shape_str());
-    Tensor h = relu(bn1->forward(conv1->forward(x)));
+    Tensor h = bn1->forward_relu(conv1->forward(x));
     for (auto& l : layers) h = l->forward(h);
     return linear->forward(global_avg_pool(h));
   }

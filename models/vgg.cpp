@@ -52,7 +52,13 @@ Tensor Vgg::forward(const Tensor& x) {
   for (size_t i = 0; i < features->size(); ++i) {
     const bool is_pool = std::find(pool_layers.begin(), pool_layers.end(), int(i)) != pool_layers.end();
     if (is_pool && (h.size(2) < 2 || h.size(3) < 2)) continue;
-    h = (*features)[i]->forward(h);
+    auto* bn = dynamic_cast<BatchNorm2d*>((*features)[i].get());
+    if (bn && conv < relu_layers.size() && relu_layers[conv] == int(i) + 1) {
+      h = bn->forward_relu(h);  // BN and its ReLU as one fused op
+      ++i;
+    } else {
+      h = (*features)[i]->forward(h);
+    }
     if (conv < relu_layers.size() && relu_layers[conv] == int(i)) {
       if (conv < gates.size() && gates[conv]) h = gates[conv]->forward(h);
       ++conv;

@@ -30,6 +30,27 @@ void batchnorm_backward_eval_cpu(const BatchNormShape& s, const T* x, const T* d
                                  const T* running_mean, const T* running_var, double eps, T* dx, T* dgamma,
                                  T* dbeta);
 
+// Fused batch norm + ReLU (+ residual), the conv → BN → ReLU and conv → BN → add → ReLU of ResNet/VGG
+// blocks: y = max(bn(x) + r, 0), r (same shape as x) may be null. One pass for the statistics and one
+// that reads x (and r) and writes y, where the separate ops make five or six. Statistics, running update
+// and saved mean/invstd as the unfused forwards. Every forward computes z = fma(x − mean, scale, β) with
+// scale = γ·invstd from the saved (rounded) invstd, which the fused backward relies on.
+template <typename T>
+void batchnorm_relu_forward_train_cpu(const BatchNormShape& s, const T* x, const T* r, const T* gamma,
+                                      const T* beta, T* y, T* save_mean, T* save_invstd, T* running_mean,
+                                      T* running_var, double momentum, double eps);
+template <typename T>
+void batchnorm_relu_forward_eval_cpu(const BatchNormShape& s, const T* x, const T* r, const T* gamma,
+                                     const T* beta, const T* running_mean, const T* running_var, double eps,
+                                     T* y);
+// Training backward of y = max(bn(x), 0) (no residual): dy is masked by the ReLU, the mask recomputed from
+// x by the forward's own expression (bit-identical decision), so neither y nor a masked dy is read or
+// written. Writes dx, dgamma, dbeta (dgamma/dbeta may be null); beta must be the forward's.
+template <typename T>
+void batchnorm_relu_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
+                                       const T* beta, const T* save_mean, const T* save_invstd, T* dx, T* dgamma,
+                                       T* dbeta);
+
 // Plain two-pass references for tests (same contracts).
 template <typename T>
 void batchnorm_forward_train_ref_cpu(const BatchNormShape& s, const T* x, const T* gamma, const T* beta,

@@ -245,6 +245,27 @@ TEST(CudaOps, BatchNormTrainMatchesCpuIncludingRunningStats) {
   }, {uni({3, 5, 2, 7}, 6)}, kSum, kSum);
 }
 
+// batch_norm_relu: the composition on CUDA against the fused CPU kernel (with and without a residual).
+TEST(CudaOps, BatchNormReluMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const Shape xs{4, 3, 5, 6};
+  OpRun run = check_op(
+      "batch_norm_relu train",
+      [](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], Tensor(), v[1], v[2], v[3], v[4], true, 0.1, 1e-5); },
+      {uni(xs, 1, -2, 3), uni({3}, 2, 0.5, 1.5), uni({3}, 3), uni({3}, 4, -0.5, 0.5), uni({3}, 5, 0.5, 2)}, kSum, kSum,
+      {true, true, true, false, false});
+  close(run.gpu[3], run.cpu[3], kExact, "batch_norm_relu running_mean");
+  check_op(
+      "batch_norm_relu train, residual",
+      [](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], v[1], v[2], v[3], Tensor(), Tensor(), true, 0.1, 1e-5); },
+      {uni(xs, 6, -2, 3), uni(xs, 7), uni({3}, 8, 0.5, 1.5), uni({3}, 9)}, kSum, kSum);
+  check_op(
+      "batch_norm_relu eval, residual",
+      [](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], v[1], v[2], v[3], v[4], v[5], false, 0.1, 1e-5); },
+      {uni(xs, 10), uni(xs, 11), uni({3}, 12), uni({3}, 13), uni({3}, 14, -0.5, 0.5), uni({3}, 15, 0.5, 2)}, kSum, kSum,
+      {true, true, true, true, false, false});
+}
+
 TEST(CudaOps, BatchNormEvalMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   for (const Shape& xs : {Shape{2, 3, 4, 5}, Shape{5, 3}}) {

@@ -81,6 +81,27 @@ TEST(Module, TrainEvalPropagatesAndBatchNormTracksStats) {
   EXPECT_GT(moved, 0.0);
 }
 
+// Sequential runs BatchNorm2d + ReLU as one fused op: same output as the modules one by one, the batch
+// counted once, and a BatchNorm2d with no ReLU after it left alone.
+TEST(Module, SequentialFusesBatchNormAndReLU) {
+  Rng rng(3);
+  Tensor x = Tensor::randn({3, 4, 5, 5}, rng, 1.0, 2.0);
+  auto bn = std::make_shared<BatchNorm2d>(4);
+  auto relu_m = std::make_shared<ReLU>();
+  auto bn_only = std::make_shared<BatchNorm2d>(4);
+  Sequential seq;
+  seq.push_back(bn);
+  seq.push_back(relu_m);
+  seq.push_back(bn_only);
+  Tensor got = seq.forward(x);
+  auto ref_bn = std::make_shared<BatchNorm2d>(4), ref_bn2 = std::make_shared<BatchNorm2d>(4);
+  Tensor want = ref_bn2->forward(relu(ref_bn->forward(x)));
+  EXPECT_EQ(got.to_vector<float>(), want.to_vector<float>());
+  EXPECT_EQ(bn->num_batches_tracked.to_vector<int64_t>()[0], 1);
+  EXPECT_EQ(bn_only->num_batches_tracked.to_vector<int64_t>()[0], 1);
+  EXPECT_EQ(bn->running_mean.to_vector<float>(), ref_bn->running_mean.to_vector<float>());
+}
+
 TEST(Models, EveryModelRunsOnOneAndThreeChannels) {
   for (const auto& name : model_names()) {
     if (name == "resnet110" || name == "vgg19") continue;  // same code paths as their smaller siblings

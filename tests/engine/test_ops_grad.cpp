@@ -82,6 +82,59 @@ TEST(OpsGrad, BatchNormEval) {
                   {rand_input({2, 3, 4, 5}, 1), rand_input({3}, 2), rand_input({3}, 3)});
 }
 
+TEST(OpsGrad, BatchNormReluTrainAndEval) {
+  Tensor rm = Tensor::zeros({3}, DType::F64), rv = Tensor::ones({3}, DType::F64);
+  check_gradients(
+      [&](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], Tensor(), v[1], v[2], rm, rv, true, 0.1, 1e-5); },
+      {rand_input({2, 3, 5, 3}, 1), rand_input({3}, 2, 0.5, 1.5), rand_input({3}, 3)}, 1e-6, 1e-6, 1e-4);
+  check_gradients(
+      [&](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], v[1], v[2], v[3], rm, rv, true, 0.1, 1e-5); },
+      {rand_input({3, 3, 2, 5}, 4), rand_input({3, 3, 2, 5}, 5), rand_input({3}, 6, 0.5, 1.5), rand_input({3}, 7)}, 1e-6,
+      1e-6, 1e-4);
+  Rng rng(9);
+  Tensor erm = Tensor::uniform({3}, rng, -0.5, 0.5, DType::F64), erv = Tensor::uniform({3}, rng, 0.5, 2, DType::F64);
+  check_gradients(
+      [&](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], Tensor(), v[1], v[2], erm, erv, false, 0.1, 1e-5); },
+      {away_from_zero({2, 3, 4, 5}, 8), rand_input({3}, 9), rand_input({3}, 10)});
+  check_gradients(
+      [&](const std::vector<Tensor>& v) { return batch_norm_relu(v[0], v[1], v[2], v[3], erm, erv, false, 0.1, 1e-5); },
+      {rand_input({2, 3, 4, 5}, 11), rand_input({2, 3, 4, 5}, 12), rand_input({3}, 13), rand_input({3}, 14)});
+}
+
+// The fused op gives bit-identical values, gradients and running statistics to relu(add(batch_norm(x), r))
+// in float: the same expressions in the same order, only fewer passes.
+TEST(OpsFused, BatchNormReluEqualsTheSeparateOps) {
+  for (int training = 0; training < 2; ++training)
+    for (int residual = 0; residual < 2; ++residual) {
+      SCOPED_TRACE(std::string(training ? "train" : "eval") + (residual ? " residual" : ""));
+      Rng rng(21);
+      const Tensor x0 = Tensor::randn({5, 4, 6, 7}, rng, 0.5, 2.0), r0 = Tensor::randn({5, 4, 6, 7}, rng);
+      const Tensor g0 = Tensor::uniform({4}, rng, 0.5, 1.5), b0 = Tensor::uniform({4}, rng, -0.5, 0.5);
+      const Tensor up = Tensor::randn({5, 4, 6, 7}, rng);
+      const Tensor rm0 = Tensor::uniform({4}, rng, -0.5, 0.5), rv0 = Tensor::uniform({4}, rng, 0.5, 2.0);
+      std::vector<std::vector<float>> got[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        Tensor x = x0.clone(), r = r0.clone(), g = g0.clone(), b = b0.clone(), rm = rm0.clone(), rv = rv0.clone();
+        for (Tensor* t : {&x, &r, &g, &b}) t->set_requires_grad(true);
+        Tensor res = residual ? r : Tensor();
+        Tensor y = fused ? batch_norm_relu(x, res, g, b, rm, rv, training, 0.1, 1e-5)
+                         : relu(residual ? add(batch_norm(x, g, b, rm, rv, training, 0.1, 1e-5), r)
+                                         : batch_norm(x, g, b, rm, rv, training, 0.1, 1e-5));
+        y.backward(up);
+        got[fused] = {y.to_vector<float>(), x.grad().to_vector<float>(), g.grad().to_vector<float>(),
+                      b.grad().to_vector<float>(), rm.to_vector<float>(), rv.to_vector<float>()};
+        if (residual) got[fused].push_back(r.grad().to_vector<float>());
+        else EXPECT_FALSE(r.grad().defined());
+      }
+      const char* what[] = {"y", "dx", "dgamma", "dbeta", "running_mean", "running_var", "dresidual"};
+      ASSERT_EQ(got[0].size(), got[1].size());
+      for (size_t k = 0; k < got[0].size(); ++k) EXPECT_EQ(got[0][k], got[1][k]) << what[k];
+      size_t zeros = 0;
+      for (float v : got[1][0]) zeros += v == 0.0f;
+      EXPECT_GT(zeros, 0u);  // the ReLU clipped something
+    }
+}
+
 TEST(OpsGrad, Relu) {
   check_gradients([](const std::vector<Tensor>& v) { return relu(v[0]); }, {away_from_zero({3, 5, 7}, 1)});
 }

@@ -217,6 +217,96 @@ TEST(BatchNorm, TrainBackwardMatchesFiniteDifferences) {
   expect_close(dg, num_g, 1e-7, 1e-6, "dgamma vs central differences");
 }
 
+// Fused BN + ReLU (+ residual) against the separate fast kernels (bit for bit: the same expression,
+// then the same add and max) and, through them, the references; the fused backward (ReLU mask recomputed
+// from x) against the reference backward of the masked dy, the mask taken from the fused forward's y, so a
+// single element whose recomputed mask disagreed with the forward would fail.
+template <typename T>
+void check_fused(const BatchNormShape& s, bool affine, bool residual, std::vector<T> x, std::vector<T> beta) {
+  SCOPED_TRACE(describe(s) + (affine ? " affine" : " plain") + (residual ? " residual" : "") +
+               (std::is_same<T, float>::value ? " float" : " double"));
+  const int64_t total = int64_t(s.n) * s.c * s.hw;
+  const size_t nt = static_cast<size_t>(total);
+  const auto r = random_vector<T>(total, 92);
+  const auto dy = random_vector<T>(total, 93);
+  const auto gamma = random_vector<T>(s.c, 94, 0.5, 1.5);
+  const T* g = affine ? gamma.data() : nullptr;
+  const T* bt = affine ? beta.data() : nullptr;
+  const T* rp = residual ? r.data() : nullptr;
+  auto rm = random_vector<T>(s.c, 95), rv = random_vector<T>(s.c, 96, 0.5, 2.0);
+  auto rm2 = rm, rv2 = rv;
+  std::vector<T> y(nt, T(-1)), bn(nt), want(nt), mean(size_t(s.c)), invstd(size_t(s.c)), mean2(size_t(s.c)),
+      invstd2(size_t(s.c));
+  batchnorm_relu_forward_train_cpu<T>(s, x.data(), rp, g, bt, y.data(), mean.data(), invstd.data(), rm.data(),
+                                      rv.data(), 0.1, 1e-5);
+  batchnorm_forward_train_cpu<T>(s, x.data(), g, bt, bn.data(), mean2.data(), invstd2.data(), rm2.data(),
+                                 rv2.data(), 0.1, 1e-5);
+  for (size_t i = 0; i < nt; ++i) {
+    const T z = residual ? T(bn[i] + r[i]) : bn[i];
+    want[i] = z < T(0) ? T(0) : z;
+  }
+  expect_close(y, want, 0.0, 0.0, "fused forward y vs bn + add + relu");
+  expect_close(mean, mean2, 0.0, 0.0, "save_mean");
+  expect_close(invstd, invstd2, 0.0, 0.0, "save_invstd");
+  expect_close(rm, rm2, 0.0, 0.0, "running_mean");
+  expect_close(rv, rv2, 0.0, 0.0, "running_var");
+
+  // Eval forward likewise.
+  std::vector<T> ye(nt), bne(nt);
+  batchnorm_relu_forward_eval_cpu<T>(s, x.data(), rp, g, bt, rm.data(), rv.data(), 1e-5, ye.data());
+  batchnorm_forward_eval_cpu<T>(s, x.data(), g, bt, rm.data(), rv.data(), 1e-5, bne.data());
+  for (size_t i = 0; i < nt; ++i) {
+    const T z = residual ? T(bne[i] + r[i]) : bne[i];
+    want[i] = z < T(0) ? T(0) : z;
+  }
+  expect_close(ye, want, 0.0, 0.0, "fused eval forward");
+  if (residual) return;  // the residual backward is relu_backward + batchnorm_backward (ops.cpp)
+
+  std::vector<T> dz(nt), dx(nt, T(7)), dx_ref(nt), dg(size_t(s.c)), db(size_t(s.c)), dg_ref(size_t(s.c)),
+      db_ref(size_t(s.c));
+  int64_t kept = 0;
+  for (size_t i = 0; i < nt; ++i) {
+    dz[i] = y[i] > T(0) ? dy[i] : T(0);
+    kept += y[i] > T(0);
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, total);
+  batchnorm_relu_backward_train_cpu<T>(s, x.data(), dy.data(), g, bt, mean.data(), invstd.data(), dx.data(),
+                                       dg.data(), db.data());
+  batchnorm_backward_train_ref_cpu<T>(s, x.data(), dz.data(), g, mean.data(), invstd.data(), dx_ref.data(),
+                                      dg_ref.data(), db_ref.data());
+  const double tol = std::is_same<T, float>::value ? 2e-4 : 1e-10;
+  expect_close(dx, dx_ref, tol, tol, "fused backward dx");
+  expect_close(dg, dg_ref, tol, tol, "fused backward dgamma");
+  expect_close(db, db_ref, tol, tol, "fused backward dbeta");
+}
+
+TEST(BatchNorm, FusedReluMatchesSeparateOps) {
+  for (const auto& s : kShapes)
+    for (int affine = 0; affine < 2; ++affine)
+      for (int residual = 0; residual < 2; ++residual) {
+        if (int64_t(s.n) * s.hw < 2) continue;
+        const int64_t total = int64_t(s.n) * s.c * s.hw;
+        check_fused<float>(s, affine, residual, random_vector<float>(total, 91, 1.0, 5.0),
+                           random_vector<float>(s.c, 97));
+        check_fused<double>(s, affine, residual, random_vector<double>(total, 91, 1.0, 5.0),
+                            random_vector<double>(s.c, 97));
+      }
+}
+
+// Ties at the kink: the integers 1..5 repeated have mean exactly 3, so with β = 0 every x = 3 gives z = 0
+// exactly (masked: relu'(0) = 0), and tiny β put those z a few ulps either side of 0.
+TEST(BatchNorm, FusedReluMaskAgreesAtTheKink) {
+  const BatchNormShape s{4, 3, 10};
+  const int64_t total = int64_t(s.n) * s.c * s.hw;
+  std::vector<float> x(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) x[size_t(i)] = float(i % 5 + 1);  // 1..5, mean 3 per channel
+  for (float b : {0.0f, 1e-7f, -1e-7f, 3e-8f}) {
+    SCOPED_TRACE(str("beta=", b));
+    check_fused<float>(s, true, false, x, std::vector<float>(size_t(s.c), b));
+  }
+}
+
 TEST(BatchNorm, RejectsSingleValuePerChannel) {
   const BatchNormShape s{1, 4, 1};
   float v[4] = {1, 2, 3, 4}, y[4], m[4], is[4];
