@@ -48,6 +48,23 @@ void add_into(Tensor& a, const Tensor& b) {
   if (a.dtype() == DType::F64) axpy_cpu<double>(n, 1.0, b.data<double>(), a.data<double>());
   else axpy_cpu<float>(n, 1.0f, b.data<float>(), a.data<float>());
 }
+
+// a + b into a new tensor (same shape/dtype/device as a): one pass that reads both and writes the sum,
+// where a clone of a and then a += b made two.
+Tensor sum_of(const Tensor& a, const Tensor& b) {
+  SPARROW_CHECK(a.numel() == b.numel(), "gradient shape ", b.shape_str(), " does not match ", a.shape_str());
+  Tensor c = Tensor::empty(a.shape(), a.dtype(), a.device());
+  const int64_t n = a.numel();
+  if (a.device() == Device::CUDA) {
+#if SPARROW_HAS_CUDA
+    add_cuda(n, a.data<float>(), b.data<float>(), c.data<float>());
+    return c;
+#endif
+  }
+  if (a.dtype() == DType::F64) add_cpu<double>(n, a.data<double>(), b.data<double>(), c.data<double>());
+  else add_cpu<float>(n, a.data<float>(), b.data<float>(), c.data<float>());
+  return c;
+}
 }  // namespace
 
 void accumulate_grad(const Tensor& t, const Tensor& g) {
@@ -112,10 +129,8 @@ void run_backward(const Tensor& root, const Tensor& grad_root) {
         auto [slot, fresh] = grads.try_emplace(in.grad_fn().get(), Tensor());
         if (fresh) slot->second = gin[i].view(in.shape());
         else {
-          // Accumulate without writing into a gradient tensor that another node may still hold.
-          Tensor sum = slot->second.clone();
-          add_into(sum, gin[i]);
-          slot->second = sum;
+          // Accumulate into a new tensor, never into a gradient that another node may still hold.
+          slot->second = sum_of(slot->second, gin[i].view(in.shape()));
         }
       } else if (in.requires_grad()) {
         accumulate_grad(in, gin[i]);
