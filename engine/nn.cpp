@@ -286,7 +286,8 @@ bool Conv2d::uses_sparse_kernel(Device device) const {
          (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover());
 }
 
-Tensor Conv2d::forward(const Tensor& x) {
+Tensor Conv2d::forward(const Tensor& x, ChannelMoments* moments) {
+  if (moments) moments->count = 0;
   Tensor y;
   if (uses_bsr_kernel(x.device())) {
     y = bsr_conv2d(x, sparse().values, bsr_layout(), bias, {k, k, stride, pad});
@@ -299,7 +300,7 @@ Tensor Conv2d::forward(const Tensor& x) {
           sparse_conv_pattern_from_indices(s, sw.pattern.data<int64_t>(), sw.nnz()));
       kernel_pattern_key_ = key;
     }
-    y = sparse_conv2d(x, sw.values, kernel_pattern_, bias);
+    y = sparse_conv2d(x, sw.values, kernel_pattern_, bias, moments);
   } else {
     y = conv2d(x, forward_weight(), bias, stride, pad);
   }
@@ -341,11 +342,19 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return y;
 }
 
-Tensor BatchNorm2d::forward_relu(const Tensor& x, const Tensor& residual) {
+Tensor BatchNorm2d::forward_relu(const Tensor& x, const Tensor& residual, const ChannelMoments* moments) {
   if (is_training()) num_batches_tracked.data<int64_t>()[0] += 1;
-  Tensor y = batch_norm_relu(x, residual, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  Tensor y = batch_norm_relu(x, residual, weight, bias, running_mean, running_var, is_training(), momentum, eps,
+                             moments);
   last_output_shape = y.shape();
   return y;
+}
+
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const Tensor& residual) {
+  if (!bn.is_training()) return bn.forward_relu(conv.forward(x), residual);
+  ChannelMoments moments;
+  Tensor y = conv.forward(x, &moments);
+  return bn.forward_relu(y, residual, &moments);
 }
 
 void Sequential::push_back(ModulePtr m) {
@@ -355,11 +364,16 @@ void Sequential::push_back(ModulePtr m) {
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
+  auto is = [&](size_t i, auto* type) {
+    return i < layers_.size() ? dynamic_cast<decltype(type)>(layers_[i].get()) : nullptr;
+  };
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto* bn = dynamic_cast<BatchNorm2d*>(layers_[i].get());
-    if (bn && i + 1 < layers_.size() && dynamic_cast<ReLU*>(layers_[i + 1].get())) {
-      h = bn->forward_relu(h);
-      ++i;
+    auto* conv = is(i, (Conv2d*)nullptr);
+    auto* bn = is(conv ? i + 1 : i, (BatchNorm2d*)nullptr);
+    const size_t relu_at = conv ? i + 2 : i + 1;
+    if (bn && is(relu_at, (ReLU*)nullptr)) {
+      h = conv ? conv_bn_relu(*conv, *bn, h) : bn->forward_relu(h);
+      i = relu_at;
     } else {
       h = layers_[i]->forward(h);
     }

@@ -125,7 +125,10 @@ class WeightLayer : public Module {
 class Conv2d : public WeightLayer {
  public:
   Conv2d(int cin, int cout, int k, int stride, int pad, bool bias, Rng& rng);
-  Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x) override { return forward(x, nullptr); }
+  // forward(x), and when the direct sparse kernel runs, y's per-channel moments into `moments` (count 0
+  // otherwise): what a training BatchNorm2d after it can use instead of its statistics pass.
+  Tensor forward(const Tensor& x, ChannelMoments* moments);
   const char* type_name() const override { return "Conv2d"; }
   // Whether the mode and density allow the direct sparse kernel (sparse layer, CPU); forward() runs it
   // unless uses_bsr_kernel() takes the layer first.
@@ -153,13 +156,18 @@ class BatchNorm2d : public Module {  // also normalises N×C inputs (BatchNorm1d
   Tensor forward(const Tensor& x) override;
   // relu(forward(x) + residual) as one fused op (residual may be undefined); what conv → BN → ReLU and the
   // residual add of a ResNet block call.
-  Tensor forward_relu(const Tensor& x, const Tensor& residual = Tensor());
+  // moments: x's per-channel moments from Conv2d::forward(x, &moments), used in training when gathered.
+  Tensor forward_relu(const Tensor& x, const Tensor& residual = Tensor(), const ChannelMoments* moments = nullptr);
   const char* type_name() const override { return "BatchNorm2d"; }
   Shape last_output_shape;  // set by forward(), as for WeightLayer
   int c;
   double momentum, eps;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 };
+
+// bn.forward_relu(conv.forward(x), residual), with the convolution's output moments handed to a training
+// batch norm (so it makes one pass over the activations forward, not two, when the sparse kernel runs).
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const Tensor& residual = Tensor());
 
 class ReLU : public Module {
  public:

@@ -494,7 +494,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 
 Tensor batch_norm_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
                        const Tensor& running_mean, const Tensor& running_var, bool training, double momentum,
-                       double eps) {
+                       double eps, const ChannelMoments* moments) {
   const BatchNormShape s = batch_norm_shape(x, gamma, beta, running_mean, running_var, training, "batch_norm_relu");
   if (residual.defined()) check_same_shape(x, residual, "batch_norm_relu");
   if (use_cuda(x, "batch_norm_relu")) {
@@ -510,7 +510,8 @@ Tensor batch_norm_relu(const Tensor& x, const Tensor& residual, const Tensor& ga
     if (training)
       batchnorm_relu_forward_train_cpu<T>(s, x.data<T>(), data_or_null<T>(residual), data_or_null<T>(gamma),
                                           data_or_null<T>(beta), y.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
-                                          data_or_null<T>(running_mean), data_or_null<T>(running_var), momentum, eps);
+                                          data_or_null<T>(running_mean), data_or_null<T>(running_var), momentum, eps,
+                                          moments && moments->count > 0 ? moments : nullptr);
     else
       batchnorm_relu_forward_eval_cpu<T>(s, x.data<T>(), data_or_null<T>(residual), data_or_null<T>(gamma),
                                          data_or_null<T>(beta), running_mean.data<T>(), running_var.data<T>(), eps,

@@ -6,6 +6,7 @@
 #include "engine/autograd.h"
 #include "engine/base/rng.h"
 #include "engine/tensor.h"
+#include "kernels/common/moments.h"
 
 namespace sparrow {
 
@@ -33,9 +34,11 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
 // relu(batch_norm(x) + residual) in one op (residual may be undefined: relu(batch_norm(x))). On the CPU a
 // fused kernel (two passes over the activations forward instead of five or six, and without a residual a
 // backward that never reads y); on CUDA the composition of the three ops. Same arguments as batch_norm.
+// moments (optional, CPU training only): x's per-channel moments from the op that produced x
+// (sparse_conv2d), which replace the statistics pass.
 Tensor batch_norm_relu(const Tensor& x, const Tensor& residual, const Tensor& gamma, const Tensor& beta,
                        const Tensor& running_mean, const Tensor& running_var, bool training, double momentum,
-                       double eps);
+                       double eps, const ChannelMoments* moments = nullptr);
 Tensor max_pool2d(const Tensor& x, int k, int stride, int pad);
 Tensor avg_pool2d(const Tensor& x, int k, int stride, int pad);
 Tensor global_avg_pool(const Tensor& x);                 // N×C×H×W -> N×C

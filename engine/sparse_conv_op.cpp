@@ -6,7 +6,7 @@
 namespace sparrow {
 
 Tensor sparse_conv2d(const Tensor& x, const Tensor& values, const std::shared_ptr<const SparseConvPattern>& p,
-                     const Tensor& bias) {
+                     const Tensor& bias, ChannelMoments* moments) {
   SPARROW_NVTX_RANGE("sparse_conv2d_fwd");
   check_float(x, "sparse_conv2d", "x");
   SPARROW_CHECK(p != nullptr, "sparse_conv2d: no pattern");
@@ -22,10 +22,10 @@ Tensor sparse_conv2d(const Tensor& x, const Tensor& values, const std::shared_pt
   const bool f64 = x.dtype() == DType::F64;
   if (f64)
     sparse_conv2d_forward_cpu<double>(s, *p, values.data<double>(), x.data<double>(),
-                                      bias.defined() ? bias.data<double>() : nullptr, y.data<double>());
+                                      bias.defined() ? bias.data<double>() : nullptr, y.data<double>(), moments);
   else
     sparse_conv2d_forward_cpu<float>(s, *p, values.data<float>(), x.data<float>(),
-                                     bias.defined() ? bias.data<float>() : nullptr, y.data<float>());
+                                     bias.defined() ? bias.data<float>() : nullptr, y.data<float>(), moments);
   Tensor xd = x.detach(), vd = values.detach();
   const bool has_bias = bias.defined();
   std::vector<Tensor> inputs{x, values};

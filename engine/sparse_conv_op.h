@@ -10,7 +10,8 @@
 namespace sparrow {
 
 // x N×Cin×H×W; values [nnz] in the pattern's order; bias [Cout] or undefined. The pattern fixes stride/pad.
+// moments (optional) receives the output's per-channel moments, for a training batch norm after it.
 Tensor sparse_conv2d(const Tensor& x, const Tensor& values, const std::shared_ptr<const SparseConvPattern>& pattern,
-                     const Tensor& bias);
+                     const Tensor& bias, ChannelMoments* moments = nullptr);
 
 }  // namespace sparrow

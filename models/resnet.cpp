@@ -21,9 +21,9 @@ BasicBlockA::BasicBlockA(int cin, int cout, int stride, Rng& rng) : cin(cin), co
 }
 
 Tensor BasicBlockA::forward(const Tensor& x) {
-  Tensor y = b1->forward_relu(c1->forward(x));
+  Tensor y = conv_bn_relu(*c1, *b1, x);
   Tensor s = (stride != 1 || cin != cout) ? shortcut_a(x, cout, stride) : x;
-  Tensor out = b2->forward_relu(c2->forward(y), s);
+  Tensor out = conv_bn_relu(*c2, *b2, y, s);
   return gate ? gate->forward(out) : out;
 }
 
@@ -71,8 +71,8 @@ class BasicBlockB : public Module {
     }
   }
   Tensor forward(const Tensor& x) override {
-    Tensor y = bn1->forward_relu(conv1->forward(x));
-    return bn2->forward_relu(conv2->forward(y), shortcut ? shortcut->forward(x) : x);
+    Tensor y = conv_bn_relu(*conv1, *bn1, x);
+    return conv_bn_relu(*conv2, *bn2, y, shortcut ? shortcut->forward(x) : x);
   }
   const char* type_name() const override { return "BasicBlockB"; }
   std::shared_ptr<Conv2d> conv1, conv2;
@@ -102,7 +102,7 @@ class ResNet18 : public Model {
   Tensor forward(const Tensor& x) override {
     SPARROW_CHECK(x.dim() == 4 && x.size(1) == spec_.in_channels, "model 'resnet18' expects N×", spec_.in_channels,
                   "×H×W input, got ", x.shape_str());
-    Tensor h = bn1->forward_relu(conv1->forward(x));
+    Tensor h = conv_bn_relu(*conv1, *bn1, x);
     for (auto& l : layers) h = l->forward(h);
     return linear->forward(global_avg_pool(h));
   }

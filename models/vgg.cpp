@@ -52,10 +52,11 @@ Tensor Vgg::forward(const Tensor& x) {
   for (size_t i = 0; i < features->size(); ++i) {
     const bool is_pool = std::find(pool_layers.begin(), pool_layers.end(), int(i)) != pool_layers.end();
     if (is_pool && (h.size(2) < 2 || h.size(3) < 2)) continue;
-    auto* bn = dynamic_cast<BatchNorm2d*>((*features)[i].get());
-    if (bn && conv < relu_layers.size() && relu_layers[conv] == int(i) + 1) {
-      h = bn->forward_relu(h);  // BN and its ReLU as one fused op
-      ++i;
+    // conv → BN → ReLU as conv_bn_relu (BN and ReLU fused, the conv's moments handed on).
+    if (conv < relu_layers.size() && relu_layers[conv] == int(i) + 2 && (*features)[i] == convs[conv] &&
+        (*features)[i + 1] == bns[conv]) {
+      h = conv_bn_relu(*convs[conv], *bns[conv], h);
+      i += 2;
     } else {
       h = (*features)[i]->forward(h);
     }

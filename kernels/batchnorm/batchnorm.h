@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/common/moments.h"
+
 namespace sparrow {
 
 struct BatchNormShape {
@@ -35,10 +37,13 @@ void batchnorm_backward_eval_cpu(const BatchNormShape& s, const T* x, const T* d
 // that reads x (and r) and writes y, where the separate ops make five or six. Statistics, running update
 // and saved mean/invstd as the unfused forwards. Every forward computes z = fma(x − mean, scale, β) with
 // scale = γ·invstd from the saved (rounded) invstd, which the fused backward relies on.
+// `moments` (optional): x's per-channel moments gathered by the kernel that wrote x (the sparse
+// convolution); then the statistics pass is skipped. Their count and channels must match x.
 template <typename T>
 void batchnorm_relu_forward_train_cpu(const BatchNormShape& s, const T* x, const T* r, const T* gamma,
                                       const T* beta, T* y, T* save_mean, T* save_invstd, T* running_mean,
-                                      T* running_var, double momentum, double eps);
+                                      T* running_var, double momentum, double eps,
+                                      const ChannelMoments* moments = nullptr);
 template <typename T>
 void batchnorm_relu_forward_eval_cpu(const BatchNormShape& s, const T* x, const T* r, const T* gamma,
                                      const T* beta, const T* running_mean, const T* running_var, double eps,

@@ -81,29 +81,39 @@ void normalise_channel(const BatchNormShape& s, int c, const T* x, const T* r, T
 template <typename T, bool kRelu>
 void forward_train(const BatchNormShape& s, const T* x, const T* r, const T* gamma, const T* beta, T* y,
                    T* save_mean, T* save_invstd, T* running_mean, T* running_var, double momentum, double eps,
-                   const char* op) {
+                   const char* op, const ChannelMoments* given = nullptr) {
   check_shape(s, op);
   const int64_t count = int64_t(s.n) * s.hw;
   SPARROW_CHECK(count > 1, op, ": need more than one value per channel (n=", s.n, " hw=", s.hw, ")");
+  SPARROW_CHECK(!given || (given->count == count && int64_t(given->mean.size()) == s.c &&
+                           int64_t(given->m2.size()) == s.c),
+                op, ": given moments (", given ? given->count : 0, " values of ", given ? given->mean.size() : 0,
+                " channels) do not describe x (", count, " values of ", s.c, " channels)");
   const int64_t plane = int64_t(s.c) * s.hw;
 #pragma omp parallel for schedule(static) if (total(s) > kParallelMin)
   for (int c = 0; c < s.c; ++c) {
-    // Shifted sums (shift = the channel's first value) keep Σx² − (Σx)²/m free of cancellation when the
-    // mean is large against the spread, in a single pass.
-    const double shift = double(x[int64_t(c) * s.hw]);
-    double sum = 0.0, sumsq = 0.0;
-    for (int n = 0; n < s.n; ++n) {
-      const T* xc = x + n * plane + int64_t(c) * s.hw;
+    double mean, var;
+    if (given) {
+      mean = given->mean[size_t(c)];
+      var = std::max(0.0, given->m2[size_t(c)] / double(count));
+    } else {
+      // Shifted sums (shift = the channel's first value) keep Σx² − (Σx)²/m free of cancellation when the
+      // mean is large against the spread, in a single pass.
+      const double shift = double(x[int64_t(c) * s.hw]);
+      double sum = 0.0, sumsq = 0.0;
+      for (int n = 0; n < s.n; ++n) {
+        const T* xc = x + n * plane + int64_t(c) * s.hw;
 #pragma omp simd reduction(+ : sum, sumsq)
-      for (int i = 0; i < s.hw; ++i) {
-        const double d = double(xc[i]) - shift;
-        sum += d;
-        sumsq += d * d;
+        for (int i = 0; i < s.hw; ++i) {
+          const double d = double(xc[i]) - shift;
+          sum += d;
+          sumsq += d * d;
+        }
       }
+      const double mean_d = sum / double(count);
+      var = std::max(0.0, sumsq / double(count) - mean_d * mean_d);
+      mean = shift + mean_d;
     }
-    const double mean_d = sum / double(count);
-    const double var = std::max(0.0, sumsq / double(count) - mean_d * mean_d);
-    const double mean = shift + mean_d;
     save_mean[c] = T(mean);
     save_invstd[c] = T(1.0 / std::sqrt(var + eps));
     update_running(running_mean, running_var, c, mean, var, count, momentum);
@@ -201,9 +211,9 @@ void batchnorm_forward_train_cpu(const BatchNormShape& s, const T* x, const T* g
 template <typename T>
 void batchnorm_relu_forward_train_cpu(const BatchNormShape& s, const T* x, const T* r, const T* gamma,
                                       const T* beta, T* y, T* save_mean, T* save_invstd, T* running_mean,
-                                      T* running_var, double momentum, double eps) {
+                                      T* running_var, double momentum, double eps, const ChannelMoments* moments) {
   forward_train<T, true>(s, x, r, gamma, beta, y, save_mean, save_invstd, running_mean, running_var, momentum,
-                         eps, "batchnorm_relu_forward_train_cpu");
+                         eps, "batchnorm_relu_forward_train_cpu", moments);
 }
 
 template <typename T>
@@ -333,7 +343,8 @@ void batchnorm_backward_train_ref_cpu(const BatchNormShape& s, const T* x, const
   template void batchnorm_backward_eval_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,          \
                                                const T*, const T*, double, T*, T*, T*);                      \
   template void batchnorm_relu_forward_train_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,     \
-                                                    const T*, T*, T*, T*, T*, T*, double, double);           \
+                                                    const T*, T*, T*, T*, T*, T*, double, double,            \
+                                                    const ChannelMoments*);                                  \
   template void batchnorm_relu_forward_eval_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,      \
                                                    const T*, const T*, const T*, double, T*);                \
   template void batchnorm_relu_backward_train_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,    \

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/common/moments.h"
 #include "kernels/conv/conv.h"
 
 #if SPARROW_HAS_CUDA
@@ -61,10 +62,12 @@ void sparse_conv_check_shape(const Conv2dShape& s, const SparseConvPattern& p, c
 // is a dot product per kept weight, reduced over threads in a fixed order (deterministic for a thread
 // count). The *_ref_cpu versions are plain loops over the pattern (double accumulation), the oracle.
 
-// y (N×Cout×OH×OW) = conv(x, W⊙M) + bias; bias (Cout) may be null.
+// y (N×Cout×OH×OW) = conv(x, W⊙M) + bias; bias (Cout) may be null. With `moments`, also the per-channel
+// moments of y (kernels/common/moments.h), summed from cache as y is written: a training batch norm after
+// the convolution then skips its statistics pass over y.
 template <typename T>
 void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* values, const T* x,
-                               const T* bias, T* y);
+                               const T* bias, T* y, ChannelMoments* moments = nullptr);
 // dx (N×Cin×H×W) = conv_transpose(dy, W⊙M).
 template <typename T>
 void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* values,

@@ -730,7 +730,7 @@ void sparse_conv2d_backward_weight_ref_cpu(const Conv2dShape& s, const SparseCon
 
 template <typename T>
 void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* values, const T* x,
-                               const T* bias, T* y) {
+                               const T* bias, T* y, ChannelMoments* moments) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_forward_cpu");
   constexpr int W = kLanes<T>;
   const SrcGeom g = src_geom<T>(s, p, true);
@@ -744,9 +744,16 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
   const std::vector<int64_t> bp = block_pointers(
       s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
-  parallel_ranges(groups, prefix, [&](int, int, int64_t first, int64_t last) {
+  // Moments: one piece per (thread, channel), merged in thread order below.
+  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
+  parallel_ranges(groups, prefix, [&](int tid, int, int64_t first, int64_t last) {
     T* xp = g.direct ? nullptr : thread_scratch<T>(size_t(g.img), 0);
     T* obuf = g.out_direct ? nullptr : thread_scratch<T>(size_t(s.cout) * g.len, 1);
+    MomentPiece* piece = nullptr;
+    if (moments) {
+      pieces[size_t(tid)].assign(size_t(s.cout), MomentPiece{});
+      piece = pieces[size_t(tid)].data();
+    }
     for_each_group(first, last, s.cout, [&](int grp, int ca, int cb) {
       const int n0 = grp * g.group, count = std::min(g.group, s.n - n0);
       if (!g.direct) fill_src(s, g, x, n0, count, xp);
@@ -764,15 +771,30 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
                       out_of(co) + j0);
           }
       }
-      if (g.out_direct) return;
+      if (g.out_direct) {
+        if (piece)  // the planes were just written: summed from cache
+          for (int co = ca; co < cb; ++co) piece[co].add_row(out_of(co), P);
+        return;
+      }
       for (int co = ca; co < cb; ++co)
         for (int gi = 0; gi < count; ++gi) {
           T* yp = y + (int64_t(n0 + gi) * s.cout + co) * P;
           const T* o = out_of(co) + int64_t(gi) * g.cs;
           for (int oy = 0; oy < oh; ++oy) copy_row(yp + int64_t(oy) * ow, o + oy * g.pitch, ow);
+          if (piece) piece[co].add_row(yp, P);  // the plane just written, from cache
         }
     });
   });
+  if (!moments) return;
+  moments->count = 0;
+  moments->mean.assign(size_t(s.cout), 0.0);
+  moments->m2.assign(size_t(s.cout), 0.0);
+  for (int co = 0; co < s.cout; ++co) {
+    int64_t n = 0;
+    for (const auto& tp : pieces)
+      if (!tp.empty()) merge_moment(n, moments->mean[size_t(co)], moments->m2[size_t(co)], tp[size_t(co)]);
+    moments->count = n;  // the same for every channel: N·OH·OW
+  }
 }
 
 template <typename T>
@@ -929,7 +951,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
   template void sparse_conv_gather_values<T>(const SparseConvPattern&, const T*, T*);                        \
   template void sparse_conv_scatter_values<T>(const SparseConvPattern&, const T*, T*);                       \
   template void sparse_conv2d_forward_cpu<T>(const Conv2dShape&, const SparseConvPattern&, const T*, const T*, \
-                                             const T*, T*);                                                  \
+                                             const T*, T*, ChannelMoments*);                                 \
   template void sparse_conv2d_backward_input_cpu<T>(const Conv2dShape&, const SparseConvPattern&, const T*,   \
                                                     const T*, T*);                                           \
   template void sparse_conv2d_backward_weight_cpu<T>(const Conv2dShape&, const SparseConvPattern&, const T*,  \

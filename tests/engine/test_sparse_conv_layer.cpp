@@ -101,3 +101,58 @@ TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   EXPECT_FALSE(conv.uses_sparse_kernel(Device::CPU));
   EXPECT_THROW(parse_sparse_kernel_mode("fast"), Error);
 }
+
+// conv_bn_relu hands the sparse kernel's output moments to the batch norm (no statistics pass): output,
+// running statistics and every gradient agree with the modules run one by one, with and without a
+// residual; and the moments are reported only when the sparse kernel runs.
+TEST(SparseConvLayer, ConvBnReluWithMomentsMatchesSeparateModules) {
+  ModeGuard guard;
+  set_sparse_kernel_mode(SparseKernelMode::On);
+  for (int residual = 0; residual < 2; ++residual) {
+    SCOPED_TRACE(residual ? "residual" : "plain");
+    auto build = [] {
+      Rng r(5);
+      auto conv = std::make_shared<Conv2d>(6, 6, 3, 1, 1, false, r);
+      Rng mr(9);
+      Tensor mask = Tensor::empty(conv->weight.shape());
+      for (int64_t i = 0; i < mask.numel(); ++i) mask.data<float>()[i] = mr.uniform() < 0.2 ? 1.f : 0.f;
+      conv->make_sparse(mask);
+      return std::make_pair(conv, std::make_shared<BatchNorm2d>(6));
+    };
+    auto [c1, b1] = build();
+    auto [c2, b2] = build();
+    Rng rng(3);
+    const Tensor x0 = Tensor::randn({4, 6, 9, 7}, rng, 0.5, 2.0), r0 = Tensor::randn({4, 6, 9, 7}, rng);
+    const Tensor gy = Tensor::randn({4, 6, 9, 7}, rng);
+    Tensor x1 = x0.clone().set_requires_grad(true), x2 = x0.clone().set_requires_grad(true);
+    Tensor ra = r0.clone().set_requires_grad(true), rb = r0.clone().set_requires_grad(true);
+    Tensor y1 = conv_bn_relu(*c1, *b1, x1, residual ? ra : Tensor());
+    Tensor y2 = b2->forward_relu(c2->forward(x2), residual ? rb : Tensor());
+    EXPECT_LE(max_rel(y1.to_vector<float>(), y2.to_vector<float>()), 1e-5);
+    EXPECT_LE(max_rel(b1->running_mean.to_vector<float>(), b2->running_mean.to_vector<float>()), 1e-6);
+    EXPECT_LE(max_rel(b1->running_var.to_vector<float>(), b2->running_var.to_vector<float>()), 1e-6);
+    y1.backward(gy);
+    y2.backward(gy);
+    EXPECT_LE(max_rel(x1.grad().to_vector<float>(), x2.grad().to_vector<float>()), 1e-4);
+    EXPECT_LE(max_rel(c1->sparse().values.grad().to_vector<float>(), c2->sparse().values.grad().to_vector<float>()), 1e-4);
+    EXPECT_LE(max_rel(b1->weight.grad().to_vector<float>(), b2->weight.grad().to_vector<float>()), 1e-4);
+    if (residual) {
+      EXPECT_EQ(ra.grad().to_vector<float>(), rb.grad().to_vector<float>());
+    }
+  }
+  // Moments only when the sparse kernel produced the output.
+  Rng r(1);
+  Conv2d conv(4, 4, 3, 1, 1, false, r);
+  Tensor x = Tensor::randn({2, 4, 5, 5}, r);
+  ChannelMoments m;
+  m.count = 99;
+  conv.forward(x, &m);
+  EXPECT_EQ(m.count, 0);  // dense layer
+  Tensor mask = Tensor::ones(conv.weight.shape());
+  for (int64_t i = 0; i < mask.numel(); i += 2) mask.data<float>()[i] = 0.f;
+  conv.make_sparse(mask);
+  ASSERT_TRUE(conv.uses_sparse_kernel(Device::CPU));
+  conv.forward(x, &m);
+  EXPECT_EQ(m.count, 2 * 5 * 5);
+  EXPECT_EQ(m.mean.size(), 4u);
+}

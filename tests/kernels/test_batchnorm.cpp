@@ -307,6 +307,56 @@ TEST(BatchNorm, FusedReluMaskAgreesAtTheKink) {
   }
 }
 
+// Moments gathered by the producer of x replace the statistics pass: the same y and statistics as
+// computing them (within rounding), they are really used (shifted moments shift y), and moments that do
+// not describe x are an error.
+TEST(BatchNorm, FusedReluTakesGivenMoments) {
+  const BatchNormShape s{5, 4, 12};
+  const int64_t total = int64_t(s.n) * s.c * s.hw, count = int64_t(s.n) * s.hw;
+  const size_t nt = static_cast<size_t>(total);
+  const auto x = random_vector<float>(total, 101, 1.0, 5.0);
+  const auto gamma = random_vector<float>(s.c, 102, 0.5, 1.5), beta = random_vector<float>(s.c, 103);
+  ChannelMoments m;
+  m.count = count;
+  m.mean.assign(size_t(s.c), 0.0);
+  m.m2.assign(size_t(s.c), 0.0);
+  for (int c = 0; c < s.c; ++c) {
+    for (int n = 0; n < s.n; ++n)
+      for (int i = 0; i < s.hw; ++i) m.mean[size_t(c)] += double(x[size_t((n * s.c + c) * s.hw + i)]) / double(count);
+    for (int n = 0; n < s.n; ++n)
+      for (int i = 0; i < s.hw; ++i) {
+        const double d = double(x[size_t((n * s.c + c) * s.hw + i)]) - m.mean[size_t(c)];
+        m.m2[size_t(c)] += d * d;
+      }
+  }
+  std::vector<float> y(nt), y_given(nt), mean(size_t(s.c)), invstd(size_t(s.c)), mean_g(size_t(s.c)),
+      invstd_g(size_t(s.c));
+  batchnorm_relu_forward_train_cpu<float>(s, x.data(), nullptr, gamma.data(), beta.data(), y.data(), mean.data(),
+                                          invstd.data(), nullptr, nullptr, 0.1, 1e-5);
+  batchnorm_relu_forward_train_cpu<float>(s, x.data(), nullptr, gamma.data(), beta.data(), y_given.data(),
+                                          mean_g.data(), invstd_g.data(), nullptr, nullptr, 0.1, 1e-5, &m);
+  expect_close(y_given, y, 1e-5, 1e-5, "y with given moments");
+  expect_close(mean_g, mean, 1e-6, 1e-6, "mean from given moments");
+  expect_close(invstd_g, invstd, 1e-6, 1e-6, "invstd from given moments");
+  ChannelMoments shifted = m;
+  for (double& v : shifted.mean) v += 1.0;
+  batchnorm_relu_forward_train_cpu<float>(s, x.data(), nullptr, gamma.data(), beta.data(), y_given.data(),
+                                          mean_g.data(), invstd_g.data(), nullptr, nullptr, 0.1, 1e-5, &shifted);
+  for (int c = 0; c < s.c; ++c) EXPECT_NEAR(mean_g[size_t(c)], mean[size_t(c)] + 1.0f, 1e-5);
+  ChannelMoments wrong = m;
+  wrong.count = count - 1;
+  EXPECT_THROW(batchnorm_relu_forward_train_cpu<float>(s, x.data(), nullptr, gamma.data(), beta.data(),
+                                                       y_given.data(), mean_g.data(), invstd_g.data(), nullptr,
+                                                       nullptr, 0.1, 1e-5, &wrong),
+               Error);
+  wrong = m;
+  wrong.mean.pop_back();
+  EXPECT_THROW(batchnorm_relu_forward_train_cpu<float>(s, x.data(), nullptr, gamma.data(), beta.data(),
+                                                       y_given.data(), mean_g.data(), invstd_g.data(), nullptr,
+                                                       nullptr, 0.1, 1e-5, &wrong),
+               Error);
+}
+
 TEST(BatchNorm, RejectsSingleValuePerChannel) {
   const BatchNormShape s{1, 4, 1};
   float v[4] = {1, 2, 3, 4}, y[4], m[4], is[4];

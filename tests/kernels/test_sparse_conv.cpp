@@ -125,6 +125,29 @@ void check_case(const Case<T>& c, Path path, double atol, double rtol) {
     sparse_conv2d_backward_weight_cpu(s, c.p, c.x.data(), c.dy.data(), dv.data(), db.data());
   }
   expect_match(y, c.y_ref, atol, rtol, tag + "forward");
+  if (!ref) {
+    // The forward's optional per-channel moments: y unchanged, mean and variance as the reference output's.
+    std::vector<T> y2(size_t(s.y_size()), T(-7));
+    ChannelMoments m;
+    sparse_conv2d_forward_cpu(s, c.p, c.values.data(), c.x.data(), c.bias.data(), y2.data(), &m);
+    EXPECT_EQ(y2, y) << "forward with moments";
+    const int64_t plane = int64_t(s.oh()) * s.ow(), count = s.n * plane;
+    ASSERT_EQ(m.count, count);
+    std::vector<double> mean_ref(size_t(s.cout), 0.0), var_ref(size_t(s.cout), 0.0), var(size_t(s.cout));
+    for (int co = 0; co < s.cout; ++co) {
+      for (int n = 0; n < s.n; ++n)
+        for (int64_t i = 0; i < plane; ++i) mean_ref[size_t(co)] += double(c.y_ref[size_t((n * s.cout + co) * plane + i)]);
+      mean_ref[size_t(co)] /= double(count);
+      for (int n = 0; n < s.n; ++n)
+        for (int64_t i = 0; i < plane; ++i) {
+          const double d = double(c.y_ref[size_t((n * s.cout + co) * plane + i)]) - mean_ref[size_t(co)];
+          var_ref[size_t(co)] += d * d / double(count);
+        }
+      var[size_t(co)] = m.m2[size_t(co)] / double(count);
+    }
+    expect_match(m.mean, mean_ref, atol, rtol, tag + "forward moments: mean");
+    expect_match(var, var_ref, atol, rtol, tag + "forward moments: variance");
+  }
   expect_match(dx, c.dx_ref, atol, rtol, tag + "backward input");
   expect_match(dv, c.dvalues_ref, atol, rtol, tag + "backward weight (values)");
   expect_match(db, c.db_ref, atol, rtol, tag + "backward bias");
@@ -291,6 +314,32 @@ TEST(SparseConvParity, AllPrunedGivesBiasAndZeros) {
   EXPECT_TRUE(all_zero(dx));
   sparse_conv2d_backward_weight_cpu(s, c.p, c.x.data(), c.dy.data(), static_cast<float*>(nullptr), db.data());
   expect_close(db, c.db_ref, 1e-4, 1e-4, "bias gradient with no kept weights");
+}
+
+// The forward's moments keep their precision when the mean dwarfs the spread (shifted sums per piece):
+// outputs 1000 ± 1e-3, variance against a two-pass double computation over the same float outputs.
+TEST(SparseConvParity, ForwardMomentsAtLargeMean) {
+  const Conv2dShape s = shape(4, 5, 9, 9, 3, 3, 3, 1, 1);
+  Case<float> c = make_case<float>(s, make_mask(s, 0.3, 11), 12);
+  for (float& v : c.values) v *= 1e-3f;
+  for (float& b : c.bias) b = 1000.0f + b;
+  std::vector<float> y(size_t(s.y_size()));
+  ChannelMoments m;
+  sparse_conv2d_forward_cpu(s, c.p, c.values.data(), c.x.data(), c.bias.data(), y.data(), &m);
+  const int64_t plane = int64_t(s.oh()) * s.ow(), count = s.n * plane;
+  for (int co = 0; co < s.cout; ++co) {
+    double mean = 0.0, var = 0.0;
+    for (int n = 0; n < s.n; ++n)
+      for (int64_t i = 0; i < plane; ++i) mean += double(y[size_t((n * s.cout + co) * plane + i)]) / double(count);
+    for (int n = 0; n < s.n; ++n)
+      for (int64_t i = 0; i < plane; ++i) {
+        const double d = double(y[size_t((n * s.cout + co) * plane + i)]) - mean;
+        var += d * d / double(count);
+      }
+    ASSERT_GT(var, 0.0);
+    EXPECT_NEAR(m.mean[size_t(co)], mean, 1e-9 * 1000);
+    EXPECT_NEAR(m.m2[size_t(co)] / double(count), var, 1e-3 * var) << "channel " << co;
+  }
 }
 
 // Independent of the dense oracle: the three passes are adjoint, <conv(x), dy> = <x, dx> = <values, dvalues>.
