@@ -2,7 +2,8 @@
 """Side-by-side training-step throughput: sparrow vs PyTorch (shared/tools/torch_baseline.py), interleaved.
 
 The machines are shared and noisy, so each configuration is run --rounds times alternating sparrow and
-PyTorch, and the medians and their ratio are reported (one JSON line per configuration, then a table).
+PyTorch, and the medians and their ratio are reported, with the median and range of the per-round ratios
+(one JSON line per configuration, then a table).
 
 usage: bench/compare_torch.py [--model resnet20] [--sparsity 0 0.9 ...] [--batch 128] [--threads 2]
                               [--steps 5] [--rounds 5] [--build build] [--sparse-kernels auto]
@@ -57,12 +58,20 @@ def main():
                "sparrow_img_per_s": round(statistics.median(ours), 1),
                "pytorch_img_per_s": round(statistics.median(theirs), 1)}
         row["ratio"] = round(row["sparrow_img_per_s"] / row["pytorch_img_per_s"], 2)
+        # Each round runs the two back to back, so a round's ratio sees the same machine state: their median
+        # and range say how much of the ratio is noise.
+        paired = [o / t for o, t in zip(ours, theirs)]
+        row["ratio_paired_median"] = round(statistics.median(paired), 2)
+        row["ratio_paired_range"] = [round(min(paired), 2), round(max(paired), 2)]
         row["sparrow_runs"], row["pytorch_runs"] = ours, theirs
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n| model | sparsity | sparrow img/s | PyTorch img/s | ratio |\n|---|---|---|---|---|")
+    print(f"\n| model | sparsity | sparrow img/s | PyTorch img/s | ratio | per-round ratio: median [range] |\n"
+          f"|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['sparsity']:.2f} | {r['sparrow_img_per_s']} | {r['pytorch_img_per_s']} | {r['ratio']}x |")
+        lo, hi = r["ratio_paired_range"]
+        print(f"| {r['model']} | {r['sparsity']:.2f} | {r['sparrow_img_per_s']} | {r['pytorch_img_per_s']} | {r['ratio']}x "
+              f"| {r['ratio_paired_median']}x [{lo}–{hi}] |")
 
 
 if __name__ == "__main__":
