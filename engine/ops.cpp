@@ -538,14 +538,16 @@ Tensor batch_norm_relu(const Tensor& x, const Tensor& residual, const Tensor& ga
                                              dbeta.data<T>());
         return;
       }
-      dz = like(g);
+      dz = like(g);  // the gradient after the ReLU mask: also the residual's
+      if (training) {
+        batchnorm_relu_residual_backward_train_cpu<T>(s, xd.data<T>(), yd.data<T>(), g.data<T>(), data_or_null<T>(gd),
+                                                      save_mean.data<T>(), save_invstd.data<T>(), dx.data<T>(),
+                                                      dz.data<T>(), dgamma.data<T>(), dbeta.data<T>());
+        return;
+      }
       relu_backward_cpu<T>(g.numel(), yd.data<T>(), g.data<T>(), dz.data<T>());
-      if (training)
-        batchnorm_backward_train_cpu<T>(s, xd.data<T>(), dz.data<T>(), data_or_null<T>(gd), save_mean.data<T>(),
-                                        save_invstd.data<T>(), dx.data<T>(), dgamma.data<T>(), dbeta.data<T>());
-      else
-        batchnorm_backward_eval_cpu<T>(s, xd.data<T>(), dz.data<T>(), data_or_null<T>(gd), rm.data<T>(), rv.data<T>(),
-                                       eps, dx.data<T>(), dgamma.data<T>(), dbeta.data<T>());
+      batchnorm_backward_eval_cpu<T>(s, xd.data<T>(), dz.data<T>(), data_or_null<T>(gd), rm.data<T>(), rv.data<T>(), eps,
+                                     dx.data<T>(), dgamma.data<T>(), dbeta.data<T>());
     });
     return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dz : Tensor(), needs[2] ? dgamma : Tensor(),
                                needs[3] ? dbeta : Tensor()};

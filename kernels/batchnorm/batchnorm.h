@@ -56,6 +56,14 @@ void batchnorm_relu_backward_train_cpu(const BatchNormShape& s, const T* x, cons
                                        const T* beta, const T* save_mean, const T* save_invstd, T* dx, T* dgamma,
                                        T* dbeta);
 
+// Training backward of y = max(bn(x) + r, 0): dr = dy masked by y > 0 (the residual's gradient, written
+// in the pass that sums it) and dx the batch-norm backward of dr, which the second pass reads instead of dy
+// and y. Writes dx, dr, dgamma, dbeta (dgamma/dbeta may be null).
+template <typename T>
+void batchnorm_relu_residual_backward_train_cpu(const BatchNormShape& s, const T* x, const T* y, const T* dy,
+                                                const T* gamma, const T* save_mean, const T* save_invstd, T* dx,
+                                                T* dr, T* dgamma, T* dbeta);
+
 // Plain two-pass references for tests (same contracts).
 template <typename T>
 void batchnorm_forward_train_ref_cpu(const BatchNormShape& s, const T* x, const T* gamma, const T* beta,

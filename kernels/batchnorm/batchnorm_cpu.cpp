@@ -144,11 +144,14 @@ inline T relu_masked(T dy, T z) {
   return dy;
 }
 
-// Training backward of y = bn(x) (kRelu false) or y = max(bn(x), 0) (kRelu true: dy is masked by the
-// ReLU, its mask recomputed from x with the forward's own expression, so y is never read).
-template <typename T, bool kRelu>
-void backward_train(const BatchNormShape& s, const T* x, const T* dy, const T* gamma, const T* beta,
-                    const T* save_mean, const T* save_invstd, T* dx, T* dgamma, T* dbeta, const char* op) {
+// How the training backward masks dy: not at all (plain BN), by the ReLU mask recomputed from x with the
+// forward's own expression (y = max(bn(x), 0): y is never read), or by y > 0 (y = max(bn(x) + r, 0): the
+// masked dy is written to dr, the residual's gradient, and pass 2 reads it back instead of dy and y).
+enum class Mask { None, FromX, FromY };
+
+template <typename T, Mask M>
+void backward_train(const BatchNormShape& s, const T* x, const T* y, const T* dy, const T* gamma, const T* beta,
+                    const T* save_mean, const T* save_invstd, T* dx, T* dr, T* dgamma, T* dbeta, const char* op) {
   check_shape(s, op);
   const int64_t count = int64_t(s.n) * s.hw;
   const int64_t plane = int64_t(s.c) * s.hw;
@@ -159,19 +162,32 @@ void backward_train(const BatchNormShape& s, const T* x, const T* dy, const T* g
     const double invstd = double(save_invstd[c]);
     double sum_dy = 0.0, sum_dy_xc = 0.0;  // Σdy and Σdy·(x − mean), dy after the ReLU mask
     for (int n = 0; n < s.n; ++n) {
-      const T* xc = x + n * plane + int64_t(c) * s.hw;
-      const T* dyc = dy + n * plane + int64_t(c) * s.hw;
+      const int64_t o = n * plane + int64_t(c) * s.hw;
+      const T* xc = x + o;
+      const T* dyc = dy + o;
       // Chunks of kSumChunk summed in T lanes, then in double: GCC does not vectorise a select that feeds
       // double sums from float data (the ReLU mask), and 16 values per lane lose nothing that matters.
       for (int i0 = 0; i0 < s.hw; i0 += kSumChunk) {
         const int i1 = std::min(s.hw, i0 + kSumChunk);
         T part_dy = T(0), part_dy_xc = T(0);
+        if constexpr (M == Mask::FromY) {
+          const T* yc = y + o;
+          T* drc = dr + o;
 #pragma omp simd reduction(+ : part_dy, part_dy_xc)
-        for (int i = i0; i < i1; ++i) {
-          const T xm = xc[i] - mean;
-          const T d = relu_masked<T, kRelu>(dyc[i], std::fma(xm, scale, bias));
-          part_dy += d;
-          part_dy_xc += d * xm;
+          for (int i = i0; i < i1; ++i) {
+            const T d = relu_masked<T, true>(dyc[i], yc[i]);
+            drc[i] = d;
+            part_dy += d;
+            part_dy_xc += d * (xc[i] - mean);
+          }
+        } else {
+#pragma omp simd reduction(+ : part_dy, part_dy_xc)
+          for (int i = i0; i < i1; ++i) {
+            const T xm = xc[i] - mean;
+            const T d = relu_masked<T, M == Mask::FromX>(dyc[i], std::fma(xm, scale, bias));
+            part_dy += d;
+            part_dy_xc += d * xm;
+          }
         }
         sum_dy += double(part_dy);
         sum_dy_xc += double(part_dy_xc);
@@ -185,13 +201,14 @@ void backward_train(const BatchNormShape& s, const T* x, const T* dy, const T* g
     const T a = T(g * invstd);
     const T b = T(-g * invstd * invstd * invstd * sum_dy_xc / double(count));
     const T mean_dy = T(sum_dy / double(count));
+    const T* src = M == Mask::FromY ? dr : dy;  // FromY: the masked dy written above
     for (int n = 0; n < s.n; ++n) {
       const T* xc = x + n * plane + int64_t(c) * s.hw;
-      const T* dyc = dy + n * plane + int64_t(c) * s.hw;
+      const T* dyc = src + n * plane + int64_t(c) * s.hw;
       T* dxc = dx + n * plane + int64_t(c) * s.hw;
 #pragma omp simd
       for (int i = 0; i < s.hw; ++i) {
-        const T d = relu_masked<T, kRelu>(dyc[i], std::fma(xc[i] - mean, scale, bias));
+        const T d = relu_masked<T, M == Mask::FromX>(dyc[i], std::fma(xc[i] - mean, scale, bias));
         dxc[i] = (d - mean_dy) * a + (xc[i] - mean) * b;
       }
     }
@@ -234,7 +251,7 @@ void batchnorm_relu_forward_eval_cpu(const BatchNormShape& s, const T* x, const 
 template <typename T>
 void batchnorm_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
                                   const T* save_mean, const T* save_invstd, T* dx, T* dgamma, T* dbeta) {
-  backward_train<T, false>(s, x, dy, gamma, nullptr, save_mean, save_invstd, dx, dgamma, dbeta,
+  backward_train<T, Mask::None>(s, x, nullptr, dy, gamma, nullptr, save_mean, save_invstd, dx, nullptr, dgamma, dbeta,
                            "batchnorm_backward_train_cpu");
 }
 
@@ -242,8 +259,16 @@ template <typename T>
 void batchnorm_relu_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
                                        const T* beta, const T* save_mean, const T* save_invstd, T* dx, T* dgamma,
                                        T* dbeta) {
-  backward_train<T, true>(s, x, dy, gamma, beta, save_mean, save_invstd, dx, dgamma, dbeta,
+  backward_train<T, Mask::FromX>(s, x, nullptr, dy, gamma, beta, save_mean, save_invstd, dx, nullptr, dgamma, dbeta,
                           "batchnorm_relu_backward_train_cpu");
+}
+
+template <typename T>
+void batchnorm_relu_residual_backward_train_cpu(const BatchNormShape& s, const T* x, const T* y, const T* dy,
+                                                const T* gamma, const T* save_mean, const T* save_invstd, T* dx,
+                                                T* dr, T* dgamma, T* dbeta) {
+  backward_train<T, Mask::FromY>(s, x, y, dy, gamma, nullptr, save_mean, save_invstd, dx, dr, dgamma, dbeta,
+                                 "batchnorm_relu_residual_backward_train_cpu");
 }
 
 template <typename T>
@@ -349,6 +374,9 @@ void batchnorm_backward_train_ref_cpu(const BatchNormShape& s, const T* x, const
                                                    const T*, const T*, const T*, double, T*);                \
   template void batchnorm_relu_backward_train_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,    \
                                                      const T*, const T*, const T*, T*, T*, T*);              \
+  template void batchnorm_relu_residual_backward_train_cpu<T>(const BatchNormShape&, const T*, const T*,      \
+                                                              const T*, const T*, const T*, const T*, T*, T*, \
+                                                              T*, T*);                                        \
   template void batchnorm_forward_train_ref_cpu<T>(const BatchNormShape&, const T*, const T*, const T*, T*,  \
                                                    T*, T*, T*, T*, double, double);                          \
   template void batchnorm_backward_train_ref_cpu<T>(const BatchNormShape&, const T*, const T*, const T*,     \

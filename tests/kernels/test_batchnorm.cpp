@@ -218,9 +218,9 @@ TEST(BatchNorm, TrainBackwardMatchesFiniteDifferences) {
 }
 
 // Fused BN + ReLU (+ residual) against the separate fast kernels (bit for bit: the same expression,
-// then the same add and max) and, through them, the references; the fused backward (ReLU mask recomputed
-// from x) against the reference backward of the masked dy, the mask taken from the fused forward's y, so a
-// single element whose recomputed mask disagreed with the forward would fail.
+// then the same add and max) and, through them, the references; the fused backwards (ReLU mask recomputed
+// from x, or from y with a residual) against the reference backward of the masked dy, the mask taken from
+// the fused forward's y, so a single element whose recomputed mask disagreed with the forward would fail.
 template <typename T>
 void check_fused(const BatchNormShape& s, bool affine, bool residual, std::vector<T> x, std::vector<T> beta) {
   SCOPED_TRACE(describe(s) + (affine ? " affine" : " plain") + (residual ? " residual" : "") +
@@ -260,7 +260,6 @@ void check_fused(const BatchNormShape& s, bool affine, bool residual, std::vecto
     want[i] = z < T(0) ? T(0) : z;
   }
   expect_close(ye, want, 0.0, 0.0, "fused eval forward");
-  if (residual) return;  // the residual backward is relu_backward + batchnorm_backward (ops.cpp)
 
   std::vector<T> dz(nt), dx(nt, T(7)), dx_ref(nt), dg(size_t(s.c)), db(size_t(s.c)), dg_ref(size_t(s.c)),
       db_ref(size_t(s.c));
@@ -271,8 +270,15 @@ void check_fused(const BatchNormShape& s, bool affine, bool residual, std::vecto
   }
   EXPECT_GT(kept, 0);
   EXPECT_LT(kept, total);
-  batchnorm_relu_backward_train_cpu<T>(s, x.data(), dy.data(), g, bt, mean.data(), invstd.data(), dx.data(),
-                                       dg.data(), db.data());
+  std::vector<T> dr(nt, T(7));
+  if (residual) {
+    batchnorm_relu_residual_backward_train_cpu<T>(s, x.data(), y.data(), dy.data(), g, mean.data(), invstd.data(),
+                                                  dx.data(), dr.data(), dg.data(), db.data());
+    expect_close(dr, dz, 0.0, 0.0, "fused residual backward dr = dy masked by y > 0");
+  } else {
+    batchnorm_relu_backward_train_cpu<T>(s, x.data(), dy.data(), g, bt, mean.data(), invstd.data(), dx.data(),
+                                         dg.data(), db.data());
+  }
   batchnorm_backward_train_ref_cpu<T>(s, x.data(), dz.data(), g, mean.data(), invstd.data(), dx_ref.data(),
                                       dg_ref.data(), db_ref.data());
   const double tol = std::is_same<T, float>::value ? 2e-4 : 1e-10;
