@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <type_traits>
+#include <typeinfo>
 
 #include "engine/base/nvtx.h"
 #include "engine/bsr_op.h"
@@ -364,8 +366,10 @@ void Sequential::push_back(ModulePtr m) {
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  auto is = [&](size_t i, auto* type) {
-    return i < layers_.size() ? dynamic_cast<decltype(type)>(layers_[i].get()) : nullptr;
+  // Exact types only: a subclass may override forward(), which the fused path would bypass.
+  auto is = [&](size_t i, auto* type) -> decltype(type) {
+    using M = std::remove_pointer_t<decltype(type)>;
+    return i < layers_.size() && typeid(*layers_[i]) == typeid(M) ? static_cast<M*>(layers_[i].get()) : nullptr;
   };
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto* conv = is(i, (Conv2d*)nullptr);
