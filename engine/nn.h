@@ -217,7 +217,8 @@ class Sequential : public Module {
  public:
   Sequential() = default;
   void push_back(ModulePtr m);
-  // Runs the layers in order; a BatchNorm2d followed by a ReLU runs as one BatchNorm2d::forward_relu.
+  // Runs the layers in order; Conv2d → BatchNorm2d → ReLU runs as conv_bn_relu and BatchNorm2d → ReLU as
+  // BatchNorm2d::forward_relu (exact module types only).
   Tensor forward(const Tensor& x) override;
   const char* type_name() const override { return "Sequential"; }
   size_t size() const { return layers_.size(); }

@@ -431,27 +431,23 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   Tensor save_mean = Tensor::empty({s.c}, x.dtype(), x.device()), save_invstd = Tensor::empty({s.c}, x.dtype(), x.device());
   if (cuda) {
 #if SPARROW_HAS_CUDA
-    const float* g = gamma.defined() ? gamma.data<float>() : nullptr;
-    const float* b = beta.defined() ? beta.data<float>() : nullptr;
+    const float* g = data_or_null<float>(gamma);
+    const float* b = data_or_null<float>(beta);
     if (training)
       batchnorm_forward_train_cuda(s, x.data<float>(), g, b, y.data<float>(), save_mean.data<float>(),
-                                   save_invstd.data<float>(),
-                                   running_mean.defined() ? const_cast<float*>(running_mean.data<float>()) : nullptr,
-                                   running_var.defined() ? const_cast<float*>(running_var.data<float>()) : nullptr,
-                                   momentum, eps);
+                                   save_invstd.data<float>(), data_or_null<float>(running_mean),
+                                   data_or_null<float>(running_var), momentum, eps);
     else
       batchnorm_forward_eval_cuda(s, x.data<float>(), g, b, running_mean.data<float>(), running_var.data<float>(), eps,
                                   y.data<float>());
 #endif
   } else dispatch_float(x, "batch_norm", [&](auto t) {
     using T = decltype(t);
-    const T* g = gamma.defined() ? gamma.data<T>() : nullptr;
-    const T* b = beta.defined() ? beta.data<T>() : nullptr;
+    const T* g = data_or_null<T>(gamma);
+    const T* b = data_or_null<T>(beta);
     if (training) {
       batchnorm_forward_train_cpu<T>(s, x.data<T>(), g, b, y.data<T>(), save_mean.data<T>(), save_invstd.data<T>(),
-                                     running_mean.defined() ? const_cast<T*>(running_mean.data<T>()) : nullptr,
-                                     running_var.defined() ? const_cast<T*>(running_var.data<T>()) : nullptr,
-                                     momentum, eps);
+                                     data_or_null<T>(running_mean), data_or_null<T>(running_var), momentum, eps);
     } else {
       batchnorm_forward_eval_cpu<T>(s, x.data<T>(), g, b, running_mean.data<T>(), running_var.data<T>(), eps,
                                     y.data<T>());

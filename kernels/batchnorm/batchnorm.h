@@ -33,8 +33,9 @@ void batchnorm_backward_eval_cpu(const BatchNormShape& s, const T* x, const T* d
                                  T* dbeta);
 
 // Fused batch norm + ReLU (+ residual), the conv → BN → ReLU and conv → BN → add → ReLU of ResNet/VGG
-// blocks: y = max(bn(x) + r, 0), r (same shape as x) may be null. One pass for the statistics and one
-// that reads x (and r) and writes y, where the separate ops make five or six. Statistics, running update
+// blocks: y = max(bn(x) + r, 0), r (same shape as x) may be null. A statistics pass over x, then one that
+// reads x (and r) and writes y: 3 activation-sized reads/writes (4 with r), where BN, add and ReLU as
+// separate ops make 5 (8). Statistics, running update
 // and saved mean/invstd as the unfused forwards. Every forward computes z = fma(x − mean, scale, β) with
 // scale = γ·invstd from the saved (rounded) invstd, which the fused backward relies on.
 // `moments` (optional): x's per-channel moments gathered by the kernel that wrote x (the sparse

@@ -36,10 +36,6 @@ void update_running(T* running_mean, T* running_var, int c, double mean, double 
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Per-channel affine of the normalisation, computed the same way by every forward and by the fused
 // backward (which recomputes the ReLU mask from x and must reproduce the forward's decision bit for bit):
 // z = fma(x − mean, scale, bias) with mean and invstd as saved (rounded to T).
@@ -133,11 +129,12 @@ void forward_eval(const BatchNormShape& s, const T* x, const T* r, const T* gamm
   }
 }
 
+// The backward's per-channel sums run over chunks of this many values in T lanes, then in double.
+constexpr int kSumChunk = 256;
+
 // dy where the forward's z = fma(x − mean, scale, bias) was positive (kRelu), else 0; dy itself without the
 // ReLU (z is then unused and optimised away). Both operands are loaded unconditionally so the select
 // vectorises.
-constexpr int kSumChunk = 256;
-
 template <typename T, bool kRelu>
 inline T relu_masked(T dy, T z) {
   if constexpr (kRelu) return z > T(0) ? dy : T(0);
@@ -251,16 +248,16 @@ void batchnorm_relu_forward_eval_cpu(const BatchNormShape& s, const T* x, const 
 template <typename T>
 void batchnorm_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
                                   const T* save_mean, const T* save_invstd, T* dx, T* dgamma, T* dbeta) {
-  backward_train<T, Mask::None>(s, x, nullptr, dy, gamma, nullptr, save_mean, save_invstd, dx, nullptr, dgamma, dbeta,
-                           "batchnorm_backward_train_cpu");
+  backward_train<T, Mask::None>(s, x, nullptr, dy, gamma, nullptr, save_mean, save_invstd, dx, nullptr, dgamma,
+                                dbeta, "batchnorm_backward_train_cpu");
 }
 
 template <typename T>
 void batchnorm_relu_backward_train_cpu(const BatchNormShape& s, const T* x, const T* dy, const T* gamma,
                                        const T* beta, const T* save_mean, const T* save_invstd, T* dx, T* dgamma,
                                        T* dbeta) {
-  backward_train<T, Mask::FromX>(s, x, nullptr, dy, gamma, beta, save_mean, save_invstd, dx, nullptr, dgamma, dbeta,
-                          "batchnorm_relu_backward_train_cpu");
+  backward_train<T, Mask::FromX>(s, x, nullptr, dy, gamma, beta, save_mean, save_invstd, dx, nullptr, dgamma,
+                                 dbeta, "batchnorm_relu_backward_train_cpu");
 }
 
 template <typename T>

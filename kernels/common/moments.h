@@ -21,7 +21,7 @@ struct MomentPiece {
   // Adds the len values v[0, len): T partial sums per vector lane (shifted, so a plane of a few thousand
   // values loses nothing that matters), then double.
   template <typename T>
-  void add_row(const T* v, int64_t len) {
+  void add(const T* v, int64_t len) {
     if (len <= 0) return;
     if (n == 0) shift = double(v[0]);
     const T sh = T(shift);

@@ -773,7 +773,7 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
       }
       if (g.out_direct) {
         if (piece)  // the planes were just written: summed from cache
-          for (int co = ca; co < cb; ++co) piece[co].add_row(out_of(co), P);
+          for (int co = ca; co < cb; ++co) piece[co].add(out_of(co), P);
         return;
       }
       for (int co = ca; co < cb; ++co)
@@ -781,19 +781,20 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
           T* yp = y + (int64_t(n0 + gi) * s.cout + co) * P;
           const T* o = out_of(co) + int64_t(gi) * g.cs;
           for (int oy = 0; oy < oh; ++oy) copy_row(yp + int64_t(oy) * ow, o + oy * g.pitch, ow);
-          if (piece) piece[co].add_row(yp, P);  // the plane just written, from cache
+          if (piece) piece[co].add(yp, P);  // the plane just written, from cache
         }
     });
   });
   if (!moments) return;
-  moments->count = 0;
+  moments->count = int64_t(s.n) * P;
   moments->mean.assign(size_t(s.cout), 0.0);
   moments->m2.assign(size_t(s.cout), 0.0);
   for (int co = 0; co < s.cout; ++co) {
     int64_t n = 0;
     for (const auto& tp : pieces)
       if (!tp.empty()) merge_moment(n, moments->mean[size_t(co)], moments->m2[size_t(co)], tp[size_t(co)]);
-    moments->count = n;  // the same for every channel: N·OH·OW
+    SPARROW_CHECK(n == moments->count, "sparse_conv2d_forward_cpu: moments of channel ", co, " cover ", n,
+                  " values, not ", moments->count);
   }
 }
 
