@@ -60,7 +60,12 @@ void sparse_conv_check_shape(const Conv2dShape& s, const SparseConvPattern& p, c
 // padded copy of the input (forward, weight gradient) or output gradient (input gradient) per call.
 // The input gradient gathers through the transposed pattern (no scatter, no races); the weight gradient
 // is a dot product per kept weight, reduced over threads in a fixed order (deterministic for a thread
-// count). The *_ref_cpu versions are plain loops over the pattern (double accumulation), the oracle.
+// count). Masked direct variant (float, AVX-512): stride-1 layers whose output rows are as wide as the
+// input's and whose planes are whole vectors skip the padded copies and read x / dy in place, with the
+// lanes that would cross a row or the top / bottom edge masked off (per-lane masks precomputed per call);
+// chosen per pass when the kept weights per source channel are few enough that the copies would dominate
+// (thresholds by map width in sparse_conv_cpu.cpp, measured). The *_ref_cpu versions are plain loops over
+// the pattern (double accumulation), the oracle.
 
 // y (N×Cout×OH×OW) = conv(x, W⊙M) + bias; bias (Cout) may be null. With `moments`, also the per-channel
 // moments of y (kernels/common/moments.h), summed from cache as y is written: a training batch norm after

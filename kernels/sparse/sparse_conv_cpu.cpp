@@ -1,13 +1,18 @@
 // CPU masked convolution over NCHW activations and a fixed-pattern Cout×Cin×Kh×Kw weight (value vector in
 // ascending flat-index order): pattern construction, the plain-loop references and the direct sparse path.
-// The direct path never forms im2col; every pass costs O(nnz · pixels) plus one padded copy per image.
+// The direct path never forms im2col; every pass costs O(nnz · pixels) plus one padded copy per image
+// (none on the masked variant, which reads the activations in place).
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "engine/base/error.h"
@@ -149,6 +154,8 @@ inline void taps_block(const T* src, const int32_t* off, const T* val, int64_t n
 
 // Up to 8 vectors (128 floats) of output per pass over the taps: taps_block for nv = 1..8.
 constexpr int kBlockVecs = 8;
+// Weight-gradient spans are longer than the forward's: each (tap, span) pays one horizontal sum.
+constexpr int kWgradSpanVecs = 32;
 
 template <typename T>
 void taps_span(const T* src, const int32_t* off, const T* val, int64_t ntaps, int nv, bool first, T init,
@@ -199,6 +206,160 @@ void dots_all(const T* a, const T* src, const int32_t* off, int64_t ntaps, int64
   int64_t t = 0;
   for (; t + kTaps <= ntaps; t += kTaps) dots<T, kTaps>(a, src, off + t, len, res + t);
   for (; t < ntaps; ++t) dots<T, 1>(a, src, off + t, len, res + t);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Masked direct path (AVX-512, float). A stride-1 convolution whose output rows are as wide as its input
+// rows (2·pad = kw − 1) maps output j = oy·W + ox of a plane to input j + (ky − pad)·W + (kx − pad) of each
+// source plane: one constant offset per kept weight, with no padded copy, provided the lanes that would
+// read across a row end, or above the first / below the last row, are masked off. Those lanes depend only
+// on the position in the plane and on (ky, kx), so a table of one 16-bit mask per (filter position, output
+// vector) is built once per call, and the tap loop uses masked loads (masked-off lanes read nothing and
+// cannot fault). x is read and y written in place: at low density the copies in and out cost more than
+// the arithmetic (the padded copy alone was 46% of a 98%-sparse ResNet-20 stage-1 forward).
+#if defined(__AVX512F__)
+constexpr bool kHaveMaskedPath = true;
+
+struct MaskTable {
+  int64_t nvec = 0;              // 16-float vectors per output plane
+  std::vector<__mmask16> mask;   // (ky·kw + kx)·nvec + v
+};
+
+// Masks for planes of out_rows × w read from planes of in_rows × w at offset sign·((ky − pad)·w + kx − pad):
+// the forward (sign +1, out_rows = OH, in_rows = H) and the input gradient (sign −1, out_rows = H,
+// in_rows = OH). Requires (out_rows·w) % 16 == 0.
+MaskTable mask_table(int out_rows, int in_rows, int w, int kh, int kw, int pad, int sign) {
+  MaskTable t;
+  const int64_t plane = int64_t(out_rows) * w;
+  t.nvec = plane / 16;
+  t.mask.assign(size_t(kh) * kw * t.nvec, 0);
+  for (int ky = 0; ky < kh; ++ky)
+    for (int kx = 0; kx < kw; ++kx)
+      for (int64_t j = 0; j < plane; ++j) {
+        const int iy = int(j / w) + sign * (ky - pad), ix = int(j % w) + sign * (kx - pad);
+        if (iy >= 0 && iy < in_rows && ix >= 0 && ix < w)
+          t.mask[size_t((ky * kw + kx) * t.nvec + j / 16)] |= __mmask16(1u << (j % 16));
+      }
+  return t;
+}
+
+// out[16i..] = (first ? init : out) + Σ_t val[t]·src[off[t] + 16i + l], lane l loaded only where
+// mask[cls[t]·mstride + i] has bit l (mask already offset to the span's first vector).
+template <int NV>
+inline void masked_taps_block(const float* src, const int32_t* off, const uint8_t* cls, const float* val,
+                              int64_t ntaps, const __mmask16* mask, int64_t mstride, bool first, float init,
+                              float* out) {
+  __m512 acc[NV];
+  for (int i = 0; i < NV; ++i) acc[i] = first ? _mm512_set1_ps(init) : _mm512_loadu_ps(out + 16 * i);
+  for (int64_t t = 0; t < ntaps; ++t) {
+    const __m512 v = _mm512_set1_ps(val[t]);
+    const float* p = src + off[t];
+    const __mmask16* m = mask + int64_t(cls[t]) * mstride;
+    for (int i = 0; i < NV; ++i) acc[i] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[i], p + 16 * i), acc[i]);
+  }
+  for (int i = 0; i < NV; ++i) _mm512_storeu_ps(out + 16 * i, acc[i]);
+}
+
+inline void masked_taps_span(const float* src, const int32_t* off, const uint8_t* cls, const float* val,
+                             int64_t ntaps, int nv, const __mmask16* mask, int64_t mstride, bool first,
+                             float init, float* out) {
+  switch (nv) {
+    case 8: masked_taps_block<8>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 7: masked_taps_block<7>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 6: masked_taps_block<6>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 5: masked_taps_block<5>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 4: masked_taps_block<4>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 3: masked_taps_block<3>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 2: masked_taps_block<2>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    case 1: masked_taps_block<1>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
+    default: break;
+  }
+}
+
+// res[t] = Σ_j a[j]·src[off[t] + j] over j in [0, 16·nv), lane l of vector i read only where
+// mask[cls[t]·mstride + i] has bit l; NT taps at once so each load of `a` is shared.
+template <int NT>
+inline void masked_dots(const float* a, const float* src, const int32_t* off, const uint8_t* cls, int64_t nv,
+                        const __mmask16* mask, int64_t mstride, float* res) {
+  __m512 acc0[NT], acc1[NT];
+  const float* p[NT];
+  const __mmask16* m[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc0[t] = _mm512_setzero_ps();
+    acc1[t] = _mm512_setzero_ps();
+    p[t] = src + off[t];
+    m[t] = mask + int64_t(cls[t]) * mstride;
+  }
+  int64_t i = 0;
+  for (; i + 2 <= nv; i += 2) {
+    const __m512 a0 = _mm512_loadu_ps(a + 16 * i), a1 = _mm512_loadu_ps(a + 16 * i + 16);
+    for (int t = 0; t < NT; ++t) {
+      acc0[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(m[t][i], p[t] + 16 * i), acc0[t]);
+      acc1[t] = _mm512_fmadd_ps(a1, _mm512_maskz_loadu_ps(m[t][i + 1], p[t] + 16 * i + 16), acc1[t]);
+    }
+  }
+  if (i < nv) {
+    const __m512 a0 = _mm512_loadu_ps(a + 16 * i);
+    for (int t = 0; t < NT; ++t)
+      acc0[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(m[t][i], p[t] + 16 * i), acc0[t]);
+  }
+  for (int t = 0; t < NT; ++t) res[t] = hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
+}
+
+inline void masked_dots_all(const float* a, const float* src, const int32_t* off, const uint8_t* cls,
+                            int64_t ntaps, int64_t nv, const __mmask16* mask, int64_t mstride, float* res) {
+  constexpr int kTaps = 4;
+  int64_t t = 0;
+  for (; t + kTaps <= ntaps; t += kTaps) masked_dots<kTaps>(a, src, off + t, cls + t, nv, mask, mstride, res + t);
+  for (; t < ntaps; ++t) masked_dots<1>(a, src, off + t, cls + t, nv, mask, mstride, res + t);
+}
+#else
+constexpr bool kHaveMaskedPath = false;
+#endif
+
+// Whether the masked direct path applies: float on AVX-512, stride 1, output rows as wide as the input's,
+// whole vectors per input and output plane, images within int32 offsets, and not the pointwise case
+// (which reads x directly already).
+template <typename T>
+bool masked_eligible(const Conv2dShape& s) {
+  if constexpr (!kHaveMaskedPath || !std::is_same_v<T, float>) {
+    (void)s;
+    return false;
+  } else {
+    const bool pointwise = s.kh == 1 && s.kw == 1 && s.pad == 0;
+    return !pointwise && s.stride == 1 && s.ow() == s.w && (int64_t(s.oh()) * s.w) % 16 == 0 &&
+           (int64_t(s.h) * s.w) % 16 == 0 && s.kh * s.kw <= 256 &&
+           int64_t(s.cin) * s.h * s.w < INT32_MAX && int64_t(s.cout) * s.oh() * s.w < INT32_MAX;
+  }
+}
+
+// Whether the masked path is the faster one. Per kept weight its masked loads cost more than the padded
+// path's plain ones, but it saves the padded copy in and the copy out, which are worth some number of kept
+// weights per source channel (nnz / Cin for the passes that read x, nnz / Cout for the input gradient,
+// which reads dy). Crossovers measured with sparrow-bench-sparse-conv --clock cpu on the ResNet-20 layers
+// (2 threads, batch 128, old and new binaries interleaved):
+// - 16-wide maps: forward and input gradient win up to about 40, the weight gradient up to about 20;
+// - 8-wide maps: forward and input gradient up to about 60; the weight gradient, which pays a horizontal
+//   sum per kept weight and plane (4 vectors; the padded path puts several images side by side), only to
+//   about 12;
+// - 32-wide maps: no gain at any density (1.0–1.3× the padded path's time). Their 4 KB planes all map to
+//   the same L1 sets, so the 16+ source channels a span reads in place evict one another; the padded copy
+//   (pitch 33) does not alias. The same holds for any plane that is a multiple of 4 KB;
+// - 4×4 maps (one vector per plane) lost even at 2% density.
+enum class MaskedPass { Forward, InputGrad, WeightGrad };
+
+double masked_max_taps_per_channel(const Conv2dShape& s, MaskedPass pass) {
+  const auto aliases = [](int64_t plane) { return (plane * int64_t(sizeof(float))) % 4096 == 0; };
+  if (aliases(int64_t(s.h) * s.w) || aliases(int64_t(s.oh()) * s.w)) return 0.0;
+  if (s.w >= 16) return pass == MaskedPass::WeightGrad ? 20.0 : 40.0;
+  if (s.w >= 8) return pass == MaskedPass::WeightGrad ? 12.0 : 60.0;
+  return 0.0;
+}
+
+template <typename T>
+bool use_masked(const Conv2dShape& s, const SparseConvPattern& p, MaskedPass pass) {
+  const int source_channels = pass == MaskedPass::InputGrad ? s.cout : s.cin;
+  return masked_eligible<T>(s) && double(p.nnz) <= masked_max_taps_per_channel(s, pass) * source_channels;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -587,6 +748,191 @@ void fill_grad(const Conv2dShape& s, const GradGeom& g, const T* dy, int n0, int
   std::fill(dyp + int64_t(s.cout) * g.plane, dyp + g.img, T(0));
 }
 
+// Merges the per-thread moment pieces of every channel in thread order into `moments` (count values each).
+void finish_moments(const std::vector<std::vector<MomentPiece>>& pieces, int channels, int64_t count,
+                    ChannelMoments* moments, const char* op) {
+  moments->count = count;
+  moments->mean.assign(size_t(channels), 0.0);
+  moments->m2.assign(size_t(channels), 0.0);
+  for (int c = 0; c < channels; ++c) {
+    int64_t n = 0;
+    for (const auto& tp : pieces)
+      if (!tp.empty()) merge_moment(n, moments->mean[size_t(c)], moments->m2[size_t(c)], tp[size_t(c)]);
+    SPARROW_CHECK(n == count, op, ": moments of channel ", c, " cover ", n, " values, not ", count);
+  }
+}
+
+// dvalues = Σ over threads of partial[t] (nnz each), dbias = Σ of db_partial[t·cout + co], in thread
+// order: deterministic for a thread count.
+template <typename T>
+void sum_partials(const std::vector<T*>& partial, int team, int64_t nnz, T* dvalues,
+                  const std::vector<double>& db_partial, int cout, T* dbias) {
+#pragma omp parallel for schedule(static) if (nnz > 16384)
+  for (int64_t k = 0; k < nnz; ++k) {
+    T sum = partial[0][k];
+    for (int t2 = 1; t2 < team; ++t2) sum += partial[size_t(t2)][k];
+    dvalues[k] = sum;
+  }
+  if (dbias)
+    for (int co = 0; co < cout; ++co) {
+      double sum = 0.0;
+      for (int t2 = 0; t2 < team; ++t2) sum += db_partial[size_t(t2) * cout + co];
+      dbias[co] = T(sum);
+    }
+}
+
+#if defined(__AVX512F__)
+// Offsets into x's image and mask classes of the kept weights, pattern order: tap (ci, ky, kx) of output
+// j reads x[ci][j + (ky − pad)·W + kx − pad] (forward and weight gradient).
+void masked_src_taps(const Conv2dShape& s, const SparseConvPattern& p, std::vector<int32_t>& off,
+                     std::vector<uint8_t>& cls) {
+  const int64_t hw = int64_t(s.h) * s.w;
+  off.resize(size_t(p.nnz));
+  cls.resize(size_t(p.nnz));
+  for (int64_t k = 0; k < p.nnz; ++k) {
+    const int ci = p.tap_ci[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
+    off[size_t(k)] = int32_t(ci * hw + int64_t(ky - s.pad) * s.w + (kx - s.pad));
+    cls[size_t(k)] = uint8_t(ky * s.kw + kx);
+  }
+}
+
+// The forward on the masked direct path (masked_eligible): items (image, output channel), each output
+// plane computed in spans of up to kBlockVecs vectors straight from x's planes into y, L1-tiled over source
+// channels as the padded path is.
+void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
+                    const float* bias, float* y, ChannelMoments* moments) {
+  constexpr int W = 16;
+  const MaskTable mt = mask_table(s.oh(), s.h, s.w, s.kh, s.kw, s.pad, +1);
+  const int64_t P = int64_t(s.oh()) * s.ow(), xs = int64_t(s.cin) * s.h * s.w;
+  std::vector<int32_t> off;
+  std::vector<uint8_t> cls;
+  masked_src_taps(s, p, off, cls);
+  const Tiling t = make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cin,
+                                      p.density() * s.kh * s.kw);
+  const std::vector<int64_t> bp = block_pointers(
+      s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
+  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
+  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
+  parallel_ranges(s.n, prefix, [&](int tid, int, int64_t first, int64_t last) {
+    MomentPiece* piece = nullptr;
+    if (moments) {
+      pieces[size_t(tid)].assign(size_t(s.cout), MomentPiece{});
+      piece = pieces[size_t(tid)].data();
+    }
+    for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
+      const float* src = x + n * xs;
+      float* yn = y + int64_t(n) * s.cout * P;
+      for (int64_t j0 = 0; j0 < P; j0 += t.span) {
+        const int nv = int(std::min(t.span, P - j0) / W);
+        for (int b = 0; b < t.nblk; ++b)
+          for (int co = ca; co < cb; ++co) {
+            const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
+            if (b > 0 && k1 == k0) continue;
+            masked_taps_span(src + j0, off.data() + k0, cls.data() + k0, values + k0, k1 - k0, nv,
+                             mt.mask.data() + j0 / W, mt.nvec, b == 0, bias ? bias[co] : 0.0f, yn + co * P + j0);
+          }
+      }
+      if (piece)  // the planes were just written: summed from cache
+        for (int co = ca; co < cb; ++co) piece[co].add(yn + co * P, P);
+    });
+  });
+  if (moments) finish_moments(pieces, s.cout, int64_t(s.n) * P, moments, "sparse_conv2d_forward_cpu");
+}
+
+// The input gradient on the masked direct path: items (image, input channel), taps through the transposed
+// pattern (stride 1: one phase per channel), dx[ci][j] = Σ val·dy[co][j + (pad − ky)·W + pad − kx] read in
+// place, L1-tiled over output-gradient channels.
+void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* values,
+                           const float* dy, float* dx) {
+  constexpr int W = 16;
+  const int oh = s.oh();
+  const MaskTable mt = mask_table(s.h, oh, s.w, s.kh, s.kw, s.pad, -1);
+  const int64_t hw = int64_t(s.h) * s.w, P = int64_t(oh) * s.w, ys = int64_t(s.cout) * P;
+  std::vector<int32_t> row_of(size_t(p.nnz)), off(size_t(p.nnz)), co_of(size_t(p.nnz));
+  std::vector<uint8_t> cls(size_t(p.nnz));
+  std::vector<float> val(size_t(p.nnz));
+  for (int co = 0; co < s.cout; ++co)
+    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) row_of[size_t(k)] = co;
+  for (int64_t e = 0; e < p.nnz; ++e) {
+    const int32_t k = p.col_entry[size_t(e)];
+    const int co = row_of[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
+    off[size_t(e)] = int32_t(co * P + int64_t(s.pad - ky) * s.w + (s.pad - kx));
+    cls[size_t(e)] = uint8_t(ky * s.kw + kx);
+    co_of[size_t(e)] = co;
+    val[size_t(e)] = values[k];
+  }
+  const Tiling t = make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cout,
+                                      p.density() * s.kh * s.kw);
+  const std::vector<int64_t> bp = block_pointers(
+      s.cin, t, [&](int c) { return p.col_ptr[size_t(c)]; }, [&](int64_t e) { return co_of[size_t(e)]; });
+  const std::vector<double> prefix = cost_prefix(s.cin, p.col_ptr, 1);
+  parallel_ranges(s.n, prefix, [&](int, int, int64_t first, int64_t last) {
+    for_each_group(first, last, s.cin, [&](int n, int ca, int cb) {
+      const float* src = dy + n * ys;
+      float* dxn = dx + int64_t(n) * s.cin * hw;
+      for (int64_t j0 = 0; j0 < hw; j0 += t.span) {
+        const int nv = int(std::min(t.span, hw - j0) / W);
+        for (int b = 0; b < t.nblk; ++b)
+          for (int ci = ca; ci < cb; ++ci) {
+            const int64_t e0 = bp[size_t(ci) * (t.nblk + 1) + b], e1 = bp[size_t(ci) * (t.nblk + 1) + b + 1];
+            if (b > 0 && e1 == e0) continue;
+            masked_taps_span(src + j0, off.data() + e0, cls.data() + e0, val.data() + e0, e1 - e0, nv,
+                             mt.mask.data() + j0 / W, mt.nvec, b == 0, 0.0f, dxn + ci * hw + j0);
+          }
+      }
+    });
+  });
+}
+
+// The weight gradient on the masked direct path: items (image, output channel), each kept weight's dot
+// product of the dy plane with x's source plane read in place through the forward's masks, in spans of up
+// to kWgradSpanVecs vectors; per-thread partial sums reduced in thread order (sum_partials).
+void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
+                            float* dvalues, float* dbias) {
+  constexpr int W = 16;
+  const MaskTable mt = mask_table(s.oh(), s.h, s.w, s.kh, s.kw, s.pad, +1);
+  const int64_t P = int64_t(s.oh()) * s.ow(), xs = int64_t(s.cin) * s.h * s.w;
+  std::vector<int32_t> off;
+  std::vector<uint8_t> cls;
+  masked_src_taps(s, p, off, cls);
+  const Tiling t = make_tiling<float>(kWgradSpanVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cin,
+                                      p.density() * s.kh * s.kw);
+  const std::vector<int64_t> bp = block_pointers(
+      s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
+  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
+  const int max_threads = omp_get_max_threads();
+  std::vector<float*> partial(size_t(max_threads), nullptr);
+  std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
+  int team = 1;
+  parallel_ranges(s.n, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
+    if (tid == 0) team = parts;
+    float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
+    std::fill(acc, acc + p.nnz, 0.0f);
+    partial[size_t(tid)] = acc;
+    float* res = thread_scratch<float>(size_t(s.cin) * s.kh * s.kw, 3);
+    double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
+    for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
+      const float* src = x + n * xs;
+      const float* dyn = dy + int64_t(n) * s.cout * P;
+      if (dbt)
+        for (int co = ca; co < cb; ++co) dbt[co] += plane_sum(dyn + co * P, P);
+      for (int64_t j0 = 0; j0 < P; j0 += t.span) {
+        const int64_t nv = std::min(t.span, P - j0) / W;
+        for (int b = 0; b < t.nblk; ++b)
+          for (int co = ca; co < cb; ++co) {
+            const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
+            if (k1 == k0) continue;
+            masked_dots_all(dyn + co * P + j0, src + j0, off.data() + k0, cls.data() + k0, k1 - k0, nv,
+                            mt.mask.data() + j0 / W, mt.nvec, res);
+            for (int64_t i = 0; i < k1 - k0; ++i) acc[k0 + i] += res[i];
+          }
+      }
+    });
+  });
+  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
+}
+#endif
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -732,6 +1078,10 @@ template <typename T>
 void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* values, const T* x,
                                const T* bias, T* y, ChannelMoments* moments) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_forward_cpu");
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
+#endif
   constexpr int W = kLanes<T>;
   const SrcGeom g = src_geom<T>(s, p, true);
   const std::vector<int32_t> off = src_offsets(g, p);
@@ -785,23 +1135,17 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
         }
     });
   });
-  if (!moments) return;
-  moments->count = int64_t(s.n) * P;
-  moments->mean.assign(size_t(s.cout), 0.0);
-  moments->m2.assign(size_t(s.cout), 0.0);
-  for (int co = 0; co < s.cout; ++co) {
-    int64_t n = 0;
-    for (const auto& tp : pieces)
-      if (!tp.empty()) merge_moment(n, moments->mean[size_t(co)], moments->m2[size_t(co)], tp[size_t(co)]);
-    SPARROW_CHECK(n == moments->count, "sparse_conv2d_forward_cpu: moments of channel ", co, " cover ", n,
-                  " values, not ", moments->count);
-  }
+  if (moments) finish_moments(pieces, s.cout, int64_t(s.n) * P, moments, "sparse_conv2d_forward_cpu");
 }
 
 template <typename T>
 void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* values,
                                       const T* dy, T* dx) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_backward_input_cpu");
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (use_masked<T>(s, p, MaskedPass::InputGrad)) return backward_input_masked(s, p, values, dy, dx);
+#endif
   constexpr int W = kLanes<T>;
   const GradGeom g = grad_geom<T>(s);
   const int st = s.stride, ss = st * st;
@@ -872,13 +1216,14 @@ void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPatt
   });
 }
 
-// Weight-gradient spans are longer than the forward's: each (tap, span) pays one horizontal sum.
-constexpr int kWgradSpanVecs = 32;
-
 template <typename T>
 void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPattern& p, const T* x,
                                        const T* dy, T* dvalues, T* dbias) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_backward_weight_cpu");
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (use_masked<T>(s, p, MaskedPass::WeightGrad)) return backward_weight_masked(s, p, x, dy, dvalues, dbias);
+#endif
   constexpr int W = kLanes<T>;
   const SrcGeom g = src_geom<T>(s, p, false);
   const std::vector<int32_t> off = src_offsets(g, p);
@@ -933,19 +1278,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
       }
     });
   });
-  const int64_t nnz = p.nnz;
-#pragma omp parallel for schedule(static) if (nnz > 16384)
-  for (int64_t k = 0; k < nnz; ++k) {
-    T sum = partial[0][k];
-    for (int t2 = 1; t2 < team; ++t2) sum += partial[size_t(t2)][k];
-    dvalues[k] = sum;
-  }
-  if (dbias)
-    for (int co = 0; co < s.cout; ++co) {
-      double sum = 0.0;
-      for (int t2 = 0; t2 < team; ++t2) sum += db_partial[size_t(t2) * s.cout + co];
-      dbias[co] = T(sum);
-    }
+  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
 }
 
 #define SPARROW_SPARSE_CONV_INSTANTIATE(T)                                                                   \

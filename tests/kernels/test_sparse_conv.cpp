@@ -264,6 +264,9 @@ std::vector<Conv2dShape> awkward_shapes() {
       shape(7, 3, 9, 9, 2, 3, 3, 2, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
+      // Stride 1, output rows as wide as the input's, whole vectors per plane: the masked direct path, with
+      // vectors that span rows (12 and 10 wide), a 5×5 filter, and fewer output rows than input rows.
+      shape(2, 5, 12, 12, 4, 3, 3, 1, 1), shape(1, 3, 8, 10, 4, 5, 5, 1, 2), shape(2, 4, 18, 8, 3, 3, 1, 1, 0),
   };
 }
 
