@@ -337,25 +337,22 @@ bool masked_eligible(const Conv2dShape& s) {
 // path's plain ones, but it saves the padded copy in and the copy out, which are worth some number of kept
 // weights per source channel (nnz / Cin for the passes that read x, nnz / Cout for the input gradient,
 // which reads dy). Crossovers measured with sparrow-bench-sparse-conv --clock cpu on the ResNet-20 layers
-// (2 threads, batch 128, old and new binaries interleaved):
-// - 16-wide maps: forward and input gradient win up to about 40, the weight gradient up to about 20;
-// - 8-wide maps: forward and input gradient up to about 60; the weight gradient, which pays a horizontal
-//   sum per kept weight and plane (4 vectors; the padded path puts several images side by side), only to
-//   about 12;
-// - 32-wide maps: the forward and input gradient gained nothing at any density (1.0–1.3× the padded
-//   path's time). Their 4 KB planes all map to the same L1 sets, so the 16+ source channels a span reads
-//   in place, and the planes it writes, evict one another; the padded copy (pitch 33) does not alias. The
-//   weight gradient, which writes no planes, still wins up to about 10 (0.4–0.9× at 2%, 0.6–1.1× at 5%).
-//   Every plane that is a multiple of 4 KB is treated so;
+// (2 threads, batch 128, old and new binaries interleaved), in kept weights per source channel:
+// - 32-wide maps: forward and input gradient up to about 20 (0.75–1.0× the padded path's time at 14, no
+//   gain at 29), the weight gradient up to about 10 (0.3–0.7× at 3 and 6, 1.1–2× at 14);
+// - 16-wide maps: forward and input gradient up to about 40 (0.65–0.75× at 29), the weight gradient up to
+//   about 20 (0.4–0.6× at 6, no gain at 29);
+// - 8-wide maps: forward and input gradient up to about 60 (0.6–0.8× at 58); the weight gradient pays a
+//   horizontal sum per kept weight and 4-vector plane (the padded path puts several images side by side)
+//   and gained nothing at 12, so only below 8;
 // - 4×4 maps (one vector per plane) lost even at 2% density.
 enum class MaskedPass { Forward, InputGrad, WeightGrad };
 
 double masked_max_taps_per_channel(const Conv2dShape& s, MaskedPass pass) {
-  const auto aliases = [](int64_t plane) { return (plane * int64_t(sizeof(float))) % 4096 == 0; };
-  if (aliases(int64_t(s.h) * s.w) || aliases(int64_t(s.oh()) * s.w))
-    return pass == MaskedPass::WeightGrad && s.w >= 32 ? 10.0 : 0.0;
-  if (s.w >= 16) return pass == MaskedPass::WeightGrad ? 20.0 : 40.0;
-  if (s.w >= 8) return pass == MaskedPass::WeightGrad ? 12.0 : 60.0;
+  const bool wgrad = pass == MaskedPass::WeightGrad;
+  if (s.w >= 32) return wgrad ? 10.0 : 20.0;
+  if (s.w >= 16) return wgrad ? 20.0 : 40.0;
+  if (s.w >= 8) return wgrad ? 8.0 : 60.0;
   return 0.0;
 }
 
@@ -785,18 +782,55 @@ void sum_partials(const std::vector<T*>& partial, int team, int64_t nnz, T* dval
 }
 
 #if defined(__AVX512F__)
-// Offsets into x's image and mask classes of the kept weights, pattern order: tap (ci, ky, kx) of output
-// j reads x[ci][j + (ky − pad)·W + kx − pad] (forward and weight gradient).
-void masked_src_taps(const Conv2dShape& s, const SparseConvPattern& p, std::vector<int32_t>& off,
-                     std::vector<uint8_t>& cls) {
+// Runs f(channel, j0, nv, block) over one image's work on the masked path: spans of t.span elements
+// (nv vectors) of planes of len elements, for the (output-side) channels [ca, cb) and the source blocks.
+// With one block (low density: few kept weights per channel) the order is channel-outer, so a channel
+// streams only the few source planes its taps read and their reuse across channels comes from L2; with
+// several blocks, span-outer for the L1 tiling. Span-outer at low density left 32-wide maps no faster than
+// the padded path (a span then reads every source plane at the same offset, 4 KB apart, so they share L1
+// sets); channel-outer ran the ResNet-20 stage-1 forward at 2% in 0.2–0.5× the padded path's time.
+template <typename F>
+void masked_loop(const Tiling& t, int64_t len, int ca, int cb, F f) {
+  if (t.nblk == 1) {
+    for (int c = ca; c < cb; ++c)
+      for (int64_t j0 = 0; j0 < len; j0 += t.span) f(c, j0, int(std::min(t.span, len - j0) / 16), 0);
+    return;
+  }
+  for (int64_t j0 = 0; j0 < len; j0 += t.span)
+    for (int b = 0; b < t.nblk; ++b)
+      for (int c = ca; c < cb; ++c) f(c, j0, int(std::min(t.span, len - j0) / 16), b);
+}
+
+// What the forward and the weight gradient share on the masked path: the mask table, each kept weight's
+// offset into x's image (tap (ci, ky, kx) of output j reads x[ci][j + (ky − pad)·W + kx − pad]) and mask
+// class, in pattern order, the L1 tiling over source channels for spans of span_vecs vectors, and the
+// per-output-channel cost prefix for the work split.
+struct MaskedSrcPlan {
+  MaskTable mt;
+  std::vector<int32_t> off;
+  std::vector<uint8_t> cls;
+  Tiling t;
+  std::vector<int64_t> bp;
+  std::vector<double> prefix;
+};
+
+MaskedSrcPlan masked_src_plan(const Conv2dShape& s, const SparseConvPattern& p, int span_vecs) {
+  MaskedSrcPlan m;
+  m.mt = mask_table(s.oh(), s.h, s.w, s.kh, s.kw, s.pad, +1);
   const int64_t hw = int64_t(s.h) * s.w;
-  off.resize(size_t(p.nnz));
-  cls.resize(size_t(p.nnz));
+  m.off.resize(size_t(p.nnz));
+  m.cls.resize(size_t(p.nnz));
   for (int64_t k = 0; k < p.nnz; ++k) {
     const int ci = p.tap_ci[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
-    off[size_t(k)] = int32_t(ci * hw + int64_t(ky - s.pad) * s.w + (kx - s.pad));
-    cls[size_t(k)] = uint8_t(ky * s.kw + kx);
+    m.off[size_t(k)] = int32_t(ci * hw + int64_t(ky - s.pad) * s.w + (kx - s.pad));
+    m.cls[size_t(k)] = uint8_t(ky * s.kw + kx);
   }
+  m.t = make_tiling<float>(int64_t(span_vecs) * 16, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cin,
+                           p.density() * s.kh * s.kw);
+  m.bp = block_pointers(
+      s.cout, m.t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
+  m.prefix = cost_prefix(s.cout, p.row_ptr, 1);
+  return m;
 }
 
 // The forward on the masked direct path (masked_eligible): items (image, output channel), each output
@@ -805,18 +839,13 @@ void masked_src_taps(const Conv2dShape& s, const SparseConvPattern& p, std::vect
 void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
                     const float* bias, float* y, ChannelMoments* moments) {
   constexpr int W = 16;
-  const MaskTable mt = mask_table(s.oh(), s.h, s.w, s.kh, s.kw, s.pad, +1);
+  const MaskedSrcPlan plan = masked_src_plan(s, p, kBlockVecs);
+  const MaskTable& mt = plan.mt;
+  const Tiling& t = plan.t;
+  const std::vector<int64_t>& bp = plan.bp;
   const int64_t P = int64_t(s.oh()) * s.ow(), xs = int64_t(s.cin) * s.h * s.w;
-  std::vector<int32_t> off;
-  std::vector<uint8_t> cls;
-  masked_src_taps(s, p, off, cls);
-  const Tiling t = make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cin,
-                                      p.density() * s.kh * s.kw);
-  const std::vector<int64_t> bp = block_pointers(
-      s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
-  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
   std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
-  parallel_ranges(s.n, prefix, [&](int tid, int, int64_t first, int64_t last) {
+  parallel_ranges(s.n, plan.prefix, [&](int tid, int, int64_t first, int64_t last) {
     MomentPiece* piece = nullptr;
     if (moments) {
       pieces[size_t(tid)].assign(size_t(s.cout), MomentPiece{});
@@ -825,16 +854,12 @@ void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const floa
     for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
       const float* src = x + n * xs;
       float* yn = y + int64_t(n) * s.cout * P;
-      for (int64_t j0 = 0; j0 < P; j0 += t.span) {
-        const int nv = int(std::min(t.span, P - j0) / W);
-        for (int b = 0; b < t.nblk; ++b)
-          for (int co = ca; co < cb; ++co) {
-            const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
-            if (b > 0 && k1 == k0) continue;
-            masked_taps_span(src + j0, off.data() + k0, cls.data() + k0, values + k0, k1 - k0, nv,
-                             mt.mask.data() + j0 / W, mt.nvec, b == 0, bias ? bias[co] : 0.0f, yn + co * P + j0);
-          }
-      }
+      masked_loop(t, P, ca, cb, [&](int co, int64_t j0, int nv, int b) {
+        const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
+        if (b > 0 && k1 == k0) return;
+        masked_taps_span(src + j0, plan.off.data() + k0, plan.cls.data() + k0, values + k0, k1 - k0, nv,
+                         mt.mask.data() + j0 / W, mt.nvec, b == 0, bias ? bias[co] : 0.0f, yn + co * P + j0);
+      });
       if (piece)  // the planes were just written: summed from cache
         for (int co = ca; co < cb; ++co) piece[co].add(yn + co * P, P);
     });
@@ -873,16 +898,12 @@ void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, con
     for_each_group(first, last, s.cin, [&](int n, int ca, int cb) {
       const float* src = dy + n * ys;
       float* dxn = dx + int64_t(n) * s.cin * hw;
-      for (int64_t j0 = 0; j0 < hw; j0 += t.span) {
-        const int nv = int(std::min(t.span, hw - j0) / W);
-        for (int b = 0; b < t.nblk; ++b)
-          for (int ci = ca; ci < cb; ++ci) {
-            const int64_t e0 = bp[size_t(ci) * (t.nblk + 1) + b], e1 = bp[size_t(ci) * (t.nblk + 1) + b + 1];
-            if (b > 0 && e1 == e0) continue;
-            masked_taps_span(src + j0, off.data() + e0, cls.data() + e0, val.data() + e0, e1 - e0, nv,
-                             mt.mask.data() + j0 / W, mt.nvec, b == 0, 0.0f, dxn + ci * hw + j0);
-          }
-      }
+      masked_loop(t, hw, ca, cb, [&](int ci, int64_t j0, int nv, int b) {
+        const int64_t e0 = bp[size_t(ci) * (t.nblk + 1) + b], e1 = bp[size_t(ci) * (t.nblk + 1) + b + 1];
+        if (b > 0 && e1 == e0) return;
+        masked_taps_span(src + j0, off.data() + e0, cls.data() + e0, val.data() + e0, e1 - e0, nv,
+                         mt.mask.data() + j0 / W, mt.nvec, b == 0, 0.0f, dxn + ci * hw + j0);
+      });
     });
   });
 }
@@ -893,21 +914,16 @@ void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, con
 void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                             float* dvalues, float* dbias) {
   constexpr int W = 16;
-  const MaskTable mt = mask_table(s.oh(), s.h, s.w, s.kh, s.kw, s.pad, +1);
+  const MaskedSrcPlan plan = masked_src_plan(s, p, kWgradSpanVecs);
+  const MaskTable& mt = plan.mt;
+  const Tiling& t = plan.t;
+  const std::vector<int64_t>& bp = plan.bp;
   const int64_t P = int64_t(s.oh()) * s.ow(), xs = int64_t(s.cin) * s.h * s.w;
-  std::vector<int32_t> off;
-  std::vector<uint8_t> cls;
-  masked_src_taps(s, p, off, cls);
-  const Tiling t = make_tiling<float>(kWgradSpanVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cin,
-                                      p.density() * s.kh * s.kw);
-  const std::vector<int64_t> bp = block_pointers(
-      s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
-  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
   const int max_threads = omp_get_max_threads();
   std::vector<float*> partial(size_t(max_threads), nullptr);
   std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
   int team = 1;
-  parallel_ranges(s.n, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
+  parallel_ranges(s.n, plan.prefix, [&](int tid, int parts, int64_t first, int64_t last) {
     if (tid == 0) team = parts;
     float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
     std::fill(acc, acc + p.nnz, 0.0f);
@@ -919,17 +935,13 @@ void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, co
       const float* dyn = dy + int64_t(n) * s.cout * P;
       if (dbt)
         for (int co = ca; co < cb; ++co) dbt[co] += plane_sum(dyn + co * P, P);
-      for (int64_t j0 = 0; j0 < P; j0 += t.span) {
-        const int64_t nv = std::min(t.span, P - j0) / W;
-        for (int b = 0; b < t.nblk; ++b)
-          for (int co = ca; co < cb; ++co) {
-            const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
-            if (k1 == k0) continue;
-            masked_dots_all(dyn + co * P + j0, src + j0, off.data() + k0, cls.data() + k0, k1 - k0, nv,
-                            mt.mask.data() + j0 / W, mt.nvec, res);
-            for (int64_t i = 0; i < k1 - k0; ++i) acc[k0 + i] += res[i];
-          }
-      }
+      masked_loop(t, P, ca, cb, [&](int co, int64_t j0, int nv, int b) {
+        const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
+        if (k1 == k0) return;
+        masked_dots_all(dyn + co * P + j0, src + j0, plan.off.data() + k0, plan.cls.data() + k0, k1 - k0, nv,
+                        mt.mask.data() + j0 / W, mt.nvec, res);
+        for (int64_t i = 0; i < k1 - k0; ++i) acc[k0 + i] += res[i];
+      });
     });
   });
   sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
