@@ -1,5 +1,6 @@
 // Per-channel moments of an N×C×HW activation, gathered in pieces by a kernel that writes the activation
-// anyway (the sparse convolution's copy-out) so that the batch norm after it need not read it again.
+// anyway (the sparse convolution, from cache right after each output plane) so that the batch norm after it
+// need not read it again.
 // Each piece keeps shifted sums (shift = its first value: no cancellation when |mean| ≫ std) and pieces
 // merge with Chan's pairwise update of (count, mean, M2 = Σ(v − mean)²), in a fixed order.
 #pragma once

@@ -152,25 +152,32 @@ inline void taps_block(const T* src, const int32_t* off, const T* val, int64_t n
   for (int i = 0; i < NV; ++i) vstore(out + i * kLanes<T>, acc[i]);
 }
 
-// Up to 8 vectors (128 floats) of output per pass over the taps: taps_block for nv = 1..8.
+// Up to 8 vectors (128 floats) of output per pass over the taps.
 constexpr int kBlockVecs = 8;
 // Weight-gradient spans are longer than the forward's: each (tap, span) pays one horizontal sum.
 constexpr int kWgradSpanVecs = 32;
 
+// Calls f(std::integral_constant<int, nv>{}) for nv in 1..kBlockVecs, so that the span kernels keep their nv
+// accumulators in registers (nv a compile-time constant).
+template <typename F>
+inline void with_span_vecs(int nv, F&& f) {
+  switch (nv) {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
 template <typename T>
 void taps_span(const T* src, const int32_t* off, const T* val, int64_t ntaps, int nv, bool first, T init,
                T* out) {
-  switch (nv) {
-    case 8: taps_block<T, 8>(src, off, val, ntaps, first, init, out); break;
-    case 7: taps_block<T, 7>(src, off, val, ntaps, first, init, out); break;
-    case 6: taps_block<T, 6>(src, off, val, ntaps, first, init, out); break;
-    case 5: taps_block<T, 5>(src, off, val, ntaps, first, init, out); break;
-    case 4: taps_block<T, 4>(src, off, val, ntaps, first, init, out); break;
-    case 3: taps_block<T, 3>(src, off, val, ntaps, first, init, out); break;
-    case 2: taps_block<T, 2>(src, off, val, ntaps, first, init, out); break;
-    case 1: taps_block<T, 1>(src, off, val, ntaps, first, init, out); break;
-    default: break;
-  }
+  with_span_vecs(nv, [&](auto n) { taps_block<T, decltype(n)::value>(src, off, val, ntaps, first, init, out); });
 }
 
 // res[t] = Σ_j a[j]·src[off[t] + j] over j in [0, len), len a multiple of the vector width; NT taps at
@@ -263,17 +270,9 @@ inline void masked_taps_block(const float* src, const int32_t* off, const uint8_
 inline void masked_taps_span(const float* src, const int32_t* off, const uint8_t* cls, const float* val,
                              int64_t ntaps, int nv, const __mmask16* mask, int64_t mstride, bool first,
                              float init, float* out) {
-  switch (nv) {
-    case 8: masked_taps_block<8>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 7: masked_taps_block<7>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 6: masked_taps_block<6>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 5: masked_taps_block<5>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 4: masked_taps_block<4>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 3: masked_taps_block<3>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 2: masked_taps_block<2>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    case 1: masked_taps_block<1>(src, off, cls, val, ntaps, mask, mstride, first, init, out); break;
-    default: break;
-  }
+  with_span_vecs(nv, [&](auto n) {
+    masked_taps_block<decltype(n)::value>(src, off, cls, val, ntaps, mask, mstride, first, init, out);
+  });
 }
 
 // res[t] = Σ_j a[j]·src[off[t] + j] over j in [0, 16·nv), lane l of vector i read only where
@@ -876,9 +875,9 @@ void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const floa
 // the accumulator). All reads stay inside the copy (16-float zero guards at both ends; kw ≤ 31 keeps the
 // column reach within them). Taps with kx = pad read 64-byte-aligned vectors. Against the padded path
 // (sparrow-bench-sparse-conv --clock cpu, 2 threads, batch 128, 3 rounds): VGG-11 128-256 16×16 at 10%
-// 19.9–21.9 vs 22.8–24.8 ms, 256-256 8×8 11.3–11.8 vs 12.3–13.4 ms; ResNet-20 16×16 and 8×8 layers at
-// 20–50% 0.7–0.85×; 4×4 maps (one vector per plane, where the padded path groups images) 1.8–2.4× slower,
-// so they keep the padded path.
+// 19.9–21.9 vs 22.8–24.8 ms, 256-256 8×8 11.3–11.8 vs 12.3–13.4 ms; ResNet-20 layers at 20–50%:
+// 16×16 and 8×8 0.55–0.85×, 32×32 0.5–0.8× at 30% and 0.8–0.95× at 50%; 4×4 maps (one vector per plane,
+// where the padded path groups images) 1.8–2.4× slower, so they keep the padded path.
 inline int rowpad_period(int w) { return w % 16 == 0 ? w / 16 : (16 % w == 0 ? 1 : 0); }
 
 bool rowpad_eligible(const Conv2dShape& s) {
@@ -908,18 +907,10 @@ inline void rowpad_taps_block(const float* src, const int32_t* off, const uint8_
 
 template <int PER>
 inline void rowpad_taps_span(const float* src, const int32_t* off, const uint8_t* kxs, const float* val,
-                           int64_t ntaps, int nv, const __mmask16* cm, bool first, float init, float* out) {
-  switch (nv) {
-    case 8: rowpad_taps_block<8, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 7: rowpad_taps_block<7, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 6: rowpad_taps_block<6, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 5: rowpad_taps_block<5, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 4: rowpad_taps_block<4, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 3: rowpad_taps_block<3, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 2: rowpad_taps_block<2, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    case 1: rowpad_taps_block<1, PER>(src, off, kxs, val, ntaps, cm, first, init, out); break;
-    default: break;
-  }
+                             int64_t ntaps, int nv, const __mmask16* cm, bool first, float init, float* out) {
+  with_span_vecs(nv, [&](auto n) {
+    rowpad_taps_block<decltype(n)::value, PER>(src, off, kxs, val, ntaps, cm, first, init, out);
+  });
 }
 
 void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
@@ -958,7 +949,9 @@ void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const floa
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
   std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
   parallel_ranges(s.n, prefix, [&](int tid, int, int64_t first, int64_t last) {
+    // Guards and pad rows are zeroed once per call; each image then overwrites only the planes' data rows.
     float* xp = thread_scratch<float>(size_t(img), 0);
+    std::fill(xp, xp + img, 0.0f);
     MomentPiece* piece = nullptr;
     if (moments) {
       pieces[size_t(tid)].assign(size_t(s.cout), MomentPiece{});
@@ -966,15 +959,7 @@ void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const floa
     }
     for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
       const float* xn = x + n * xs;
-      std::fill(xp, xp + guard, 0.0f);
-      for (int ci = 0; ci < s.cin; ++ci) {
-        float* d = xp + guard + ci * ps;
-        const int64_t top = int64_t(s.pad) * s.w;
-        std::fill(d, d + top, 0.0f);
-        copy_row(d + top, xn + ci * hw, hw);
-        std::fill(d + top + hw, d + ps, 0.0f);
-      }
-      std::fill(xp + guard + s.cin * ps, xp + img, 0.0f);
+      for (int ci = 0; ci < s.cin; ++ci) copy_row(xp + guard + ci * ps + int64_t(s.pad) * s.w, xn + ci * hw, hw);
       float* yn = y + int64_t(n) * s.cout * P;
       for (int64_t j0 = 0; j0 < P; j0 += t.span) {
         const int nv = int(std::min(t.span, P - j0) / W);
