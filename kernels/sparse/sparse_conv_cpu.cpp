@@ -99,12 +99,53 @@ template <typename T>
 inline void vstore(T* p, const Vec<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// Σ of the lanes, as a tree of half-width adds (a lane-by-lane sum is a chain of kLanes dependent scalar
+// adds, which cost as much as a 32-vector dot product in the weight gradient).
 template <typename T>
 inline T hsum(const Vec<T>& v) {
-  T s = T(0);
-  for (int i = 0; i < kLanes<T>; ++i) s += v[i];
+  typedef T Half __attribute__((vector_size(32)));
+  typedef T Quarter __attribute__((vector_size(16)));
+  Half lo, hi;
+  std::memcpy(&lo, &v, sizeof(lo));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  const Half h = lo + hi;
+  Quarter qlo, qhi;
+  std::memcpy(&qlo, &h, sizeof(qlo));
+  std::memcpy(&qhi, reinterpret_cast<const char*>(&h) + sizeof(qlo), sizeof(qhi));
+  const Quarter q = qlo + qhi;
+  T s = q[0];
+  for (int i = 1; i < int(16 / sizeof(T)); ++i) s += q[i];
   return s;
 }
+
+#if defined(__AVX512F__)
+// The four horizontal sums of v0..v3 at once, lane t of the result = Σ of v_t's 16 lanes: 128-bit quarters
+// folded pairwise across the four registers (shuffle_f32x4), then within each quarter. About 12 shuffles
+// and adds for all four, against four separate trees.
+// The zero-masked intrinsics with a full mask throughout: the plain ones pass _mm512_undefined_ps(), which
+// GCC 12 reports as maybe-uninitialized.
+constexpr __mmask16 kAllLanes = 0xFFFF;
+
+// The sum of the 128-bit quarters of x and y picked by the shuffle_f32x4 selectors A and B.
+template <int A, int B>
+inline __m512 add_quarters(__m512 x, __m512 y) {
+  return _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, x, y, A), _mm512_maskz_shuffle_f32x4(kAllLanes, x, y, B));
+}
+
+inline __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  constexpr __mmask16 all = kAllLanes;
+  // a = [v0 q0+q2, v0 q1+q3, v1 q0+q2, v1 q1+q3], b likewise for v2, v3.
+  const __m512 a = add_quarters<_MM_SHUFFLE(1, 0, 1, 0), _MM_SHUFFLE(3, 2, 3, 2)>(v0, v1);
+  const __m512 b = add_quarters<_MM_SHUFFLE(1, 0, 1, 0), _MM_SHUFFLE(3, 2, 3, 2)>(v2, v3);
+  // Quarter t of c holds four partial sums of v_t.
+  const __m512 c = add_quarters<_MM_SHUFFLE(2, 0, 2, 0), _MM_SHUFFLE(3, 1, 3, 1)>(a, b);
+  const __m512 d = _mm512_add_ps(c, _mm512_maskz_permute_ps(all, c, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __m512 e = _mm512_add_ps(d, _mm512_maskz_permute_ps(all, d, _MM_SHUFFLE(1, 0, 3, 2)));
+  // Lanes 0, 4, 8, 12 to the bottom quarter.
+  const __m512 f = _mm512_maskz_permutexvar_ps(all, _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), e);
+  return _mm512_maskz_extractf32x4_ps(0xF, f, 0);
+}
+#endif
 
 // Row-sized copies and fills (a few to a few dozen elements), inline: a libc call per image row cost as
 // much as the sparse arithmetic on small maps at low density.
@@ -180,7 +221,7 @@ void taps_span(const T* src, const int32_t* off, const T* val, int64_t ntaps, in
   with_span_vecs(nv, [&](auto n) { taps_block<T, decltype(n)::value>(src, off, val, ntaps, first, init, out); });
 }
 
-// res[t] = Σ_j a[j]·src[off[t] + j] over j in [0, len), len a multiple of the vector width; NT taps at
+// res[t] += Σ_j a[j]·src[off[t] + j] over j in [0, len), len a multiple of the vector width; NT taps at
 // once so each load of `a` is shared.
 template <typename T, int NT>
 inline void dots(const T* a, const T* src, const int32_t* off, int64_t len, T* res) {
@@ -204,7 +245,15 @@ inline void dots(const T* a, const T* src, const int32_t* off, int64_t len, T* r
     const Vec<T> a0 = vload(a + j);
     for (int t = 0; t < NT; ++t) acc0[t] += a0 * vload(p[t] + j);
   }
-  for (int t = 0; t < NT; ++t) res[t] = hsum<T>(acc0[t] + acc1[t]);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && NT == 4) {
+    const __m128 sum = hsum4(__m512(acc0[0] + acc1[0]), __m512(acc0[1] + acc1[1]), __m512(acc0[2] + acc1[2]),
+                             __m512(acc0[3] + acc1[3]));
+    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
+    return;
+  }
+#endif
+  for (int t = 0; t < NT; ++t) res[t] += hsum<T>(acc0[t] + acc1[t]);
 }
 
 template <typename T>
@@ -275,7 +324,7 @@ inline void masked_taps_span(const float* src, const int32_t* off, const uint8_t
   });
 }
 
-// res[t] = Σ_j a[j]·src[off[t] + j] over j in [0, 16·nv), lane l of vector i read only where
+// res[t] += Σ_j a[j]·src[off[t] + j] over j in [0, 16·nv), lane l of vector i read only where
 // mask[cls[t]·mstride + i] has bit l; NT taps at once so each load of `a` is shared.
 template <int NT>
 inline void masked_dots(const float* a, const float* src, const int32_t* off, const uint8_t* cls, int64_t nv,
@@ -302,7 +351,13 @@ inline void masked_dots(const float* a, const float* src, const int32_t* off, co
     for (int t = 0; t < NT; ++t)
       acc0[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(m[t][i], p[t] + 16 * i), acc0[t]);
   }
-  for (int t = 0; t < NT; ++t) res[t] = hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
+  if constexpr (NT == 4) {
+    const __m128 sum = hsum4(_mm512_add_ps(acc0[0], acc1[0]), _mm512_add_ps(acc0[1], acc1[1]),
+                             _mm512_add_ps(acc0[2], acc1[2]), _mm512_add_ps(acc0[3], acc1[3]));
+    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
+  } else {
+    for (int t = 0; t < NT; ++t) res[t] += hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
+  }
 }
 
 inline void masked_dots_all(const float* a, const float* src, const int32_t* off, const uint8_t* cls,
@@ -1045,7 +1100,6 @@ void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, co
     float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
     std::fill(acc, acc + p.nnz, 0.0f);
     partial[size_t(tid)] = acc;
-    float* res = thread_scratch<float>(size_t(s.cin) * s.kh * s.kw, 3);
     double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
     for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
       const float* src = x + n * xs;
@@ -1056,8 +1110,7 @@ void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, co
         const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
         if (k1 == k0) return;
         masked_dots_all(dyn + co * P + j0, src + j0, plan.off.data() + k0, plan.cls.data() + k0, k1 - k0, nv,
-                        mt.mask.data() + j0 / W, mt.nvec, res);
-        for (int64_t i = 0; i < k1 - k0; ++i) acc[k0 + i] += res[i];
+                        mt.mask.data() + j0 / W, mt.nvec, acc + k0);
       });
     });
   });
@@ -1384,7 +1437,6 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
     // dy of the group in the output layout; discarded columns and the rounding stay zero throughout.
     T* dyb = g.out_direct ? nullptr : thread_scratch<T>(size_t(s.cout) * g.len, 1);
     if (dyb) std::fill(dyb, dyb + size_t(s.cout) * g.len, T(0));
-    T* res = thread_scratch<T>(size_t(s.cin) * s.kh * s.kw, 3);
     double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
     for_each_group(first, last, s.cout, [&](int grp, int ca, int cb) {
       const int n0 = grp * g.group, count = std::min(g.group, s.n - n0);
@@ -1406,8 +1458,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
           for (int co = ca; co < cb; ++co) {
             const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
             if (k1 == k0) continue;
-            dots_all(a_of(co) + j0, src + j0, off.data() + k0, k1 - k0, span, res);
-            for (int64_t i = 0; i < k1 - k0; ++i) acc[k0 + i] += res[i];
+            dots_all(a_of(co) + j0, src + j0, off.data() + k0, k1 - k0, span, acc + k0);
           }
       }
     });
