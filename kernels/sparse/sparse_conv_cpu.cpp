@@ -129,7 +129,8 @@ constexpr __mmask16 kAllLanes = 0xFFFF;
 // The sum of the 128-bit quarters of x and y picked by the shuffle_f32x4 selectors A and B.
 template <int A, int B>
 inline __m512 add_quarters(__m512 x, __m512 y) {
-  return _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, x, y, A), _mm512_maskz_shuffle_f32x4(kAllLanes, x, y, B));
+  return _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAllLanes, x, y, A),
+                       _mm512_maskz_shuffle_f32x4(kAllLanes, x, y, B));
 }
 
 inline __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
@@ -142,7 +143,8 @@ inline __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
   const __m512 d = _mm512_add_ps(c, _mm512_maskz_permute_ps(all, c, _MM_SHUFFLE(2, 3, 0, 1)));
   const __m512 e = _mm512_add_ps(d, _mm512_maskz_permute_ps(all, d, _MM_SHUFFLE(1, 0, 3, 2)));
   // Lanes 0, 4, 8, 12 to the bottom quarter.
-  const __m512 f = _mm512_maskz_permutexvar_ps(all, _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), e);
+  const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512 f = _mm512_maskz_permutexvar_ps(all, lanes, e);
   return _mm512_maskz_extractf32x4_ps(0xF, f, 0);
 }
 #endif
@@ -921,25 +923,28 @@ void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const floa
   if (moments) finish_moments(pieces, s.cout, int64_t(s.n) * P, moments, "sparse_conv2d_forward_cpu");
 }
 
-// Row-padded forward (AVX-512, float), for the densities where the masked path's per-vector mask loads
-// cost more than the copies it saves. Each image is copied plane by plane with `pad` zero rows above and
-// kh − 1 − pad below (whole contiguous planes: no per-row padding, no phase split), so rows outside the map
-// read zeros and only the columns that would wrap across a row end need masking. On maps 8, 16 or 32 wide
-// those column masks repeat every one or two vectors, so a kept weight's masks are two values held in
-// registers, and the FMA takes its x operand straight from memory with merge masking (masked-off lanes keep
-// the accumulator). All reads stay inside the copy (16-float zero guards at both ends; kw ≤ 31 keeps the
-// column reach within them). Taps with kx = pad read 64-byte-aligned vectors. Against the padded path
-// (sparrow-bench-sparse-conv --clock cpu, 2 threads, batch 128, 3 rounds): VGG-11 128-256 16×16 at 10%
-// 19.9–21.9 vs 22.8–24.8 ms, 256-256 8×8 11.3–11.8 vs 12.3–13.4 ms; ResNet-20 layers at 20–50%:
-// 16×16 and 8×8 0.55–0.85×, 32×32 0.5–0.8× at 30% and 0.8–0.95× at 50%; 4×4 maps (one vector per plane,
-// where the padded path groups images) 1.8–2.4× slower, so they keep the padded path.
+// Row-padded forward and input gradient (AVX-512, float), for the densities where the masked path's
+// per-vector mask loads cost more than the copies it saves. Each image is copied plane by plane with `pad`
+// zero rows above and kh − 1 − pad below (whole contiguous planes: no per-row padding, no phase split), so
+// rows outside the map read zeros and only the columns that would wrap across a row end need masking. On maps
+// 8, 16 or 32 wide those column masks repeat every one or two vectors, so a kept weight's masks are two
+// values held in registers, and the FMA takes its x operand straight from memory with merge masking
+// (masked-off lanes keep the accumulator). All reads stay inside the copy (16-float zero guards at both ends;
+// kw ≤ 31 keeps the column reach within them). Taps with kx = pad read 64-byte-aligned vectors. Against the
+// padded path (sparrow-bench-sparse-conv --clock cpu, 2 threads, batch 128, 3 rounds): VGG-11 128-256 16×16
+// at 10% 19.9–21.9 vs 22.8–24.8 ms, 256-256 8×8 11.3–11.8 vs 12.3–13.4 ms; ResNet-20 layers at 20–50%: 16×16
+// and 8×8 0.55–0.85×, 32×32 0.5–0.8× at 30% and 0.8–0.95× at 50%; 4×4 maps (one vector per plane, where the
+// padded path groups images) 1.8–2.4× slower, so they keep the padded path. The input gradient (same command,
+// old and new binaries interleaved, 3 rounds): VGG-11 16×16 at 10% 20.3–22.4 vs 24.2–24.4 ms, 8×8 10.9–11.3
+// vs 13.2–14.4 ms; ResNet-20 layers at 30% and 50%: 16×16 0.6–0.9×, 32×32 0.8–1.0×, 8×8 0.7–1.4× (two of
+// three rounds faster).
 inline int rowpad_period(int w) { return w % 16 == 0 ? w / 16 : (16 % w == 0 ? 1 : 0); }
 
 bool rowpad_eligible(const Conv2dShape& s) {
   const int per = rowpad_period(s.w);
   return s.stride == 1 && s.ow() == s.w && s.oh() == s.h && s.w >= 8 && (per == 1 || per == 2) &&
          s.kw <= 31 && (int64_t(s.h) * s.w) % 16 == 0 && !(s.kh == 1 && s.kw == 1 && s.pad == 0) &&
-         int64_t(s.cin) * ((s.h + s.kh) * int64_t(s.w) + 32) + 64 < INT32_MAX;
+         int64_t(std::max(s.cin, s.cout)) * ((s.h + s.kh) * int64_t(s.w) + 32) + 64 < INT32_MAX;
 }
 
 // out[16i..] = (first ? init : out) + Σ_t val[t]·src[off[t] + 16i + l] where bit l of the kept weight's
@@ -968,15 +973,22 @@ inline void rowpad_taps_span(const float* src, const int32_t* off, const uint8_t
   });
 }
 
-void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
-                    const float* bias, float* y, ChannelMoments* moments) {
+// One row-padded pass: for each image n and destination channel c, dst[n][c] = init(c) + Σ over c's taps
+// k in [ptr[c], ptr[c + 1]) of val[k]·src[n][ch][j + (ky − pad)·W + kx − pad], with (ch, ky, kx) = tap(k) in
+// the forward orientation and taps sorted by ch within c. The forward is src = x, dst = y over the pattern's
+// rows; the input gradient (same-size maps: pad = kw − 1 − pad) is src = dy, dst = dx over its columns
+// with the filter flipped. Optional bias (init) and moments of dst.
+template <typename TapOf>
+void rowpad_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, const std::vector<int64_t>& ptr,
+                 TapOf tap, const float* val, double density, const float* bias, float* dst,
+                 ChannelMoments* moments, const char* op) {
   constexpr int W = 16;
   const int per = rowpad_period(s.w);
-  const int64_t hw = int64_t(s.h) * s.w, P = hw, xs = int64_t(s.cin) * hw;
+  const int64_t nnz = ptr[size_t(dst_ch)], P = int64_t(s.h) * s.w, ss = int64_t(src_ch) * P;
   // Copied plane stride: whole vectors, and not a multiple of 4 KB (planes that far apart share L1 sets).
   int64_t ps = round_up(int64_t(s.h + s.kh - 1) * s.w, 16);
   if ((ps * int64_t(sizeof(float))) % 4096 == 0) ps += 16;
-  const int64_t guard = 16, img = guard + int64_t(s.cin) * ps + guard;
+  const int64_t guard = 16, img = guard + int64_t(src_ch) * ps + guard;
   // Column masks cm[2·kx + phase] of vector phase (index mod 2; with period 1 both entries are equal).
   std::vector<__mmask16> cmv(size_t(s.kw) * 2, 0);
   for (int kx = 0; kx < s.kw; ++kx)
@@ -990,18 +1002,19 @@ void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const floa
     cmr[size_t(kx * 2)] = cmv[size_t(kx * 2 + 1)];
     cmr[size_t(kx * 2 + 1)] = cmv[size_t(kx * 2)];
   }
-  std::vector<int32_t> off(size_t(p.nnz));
-  std::vector<uint8_t> kxs(size_t(p.nnz));
-  for (int64_t k = 0; k < p.nnz; ++k) {
-    const int ci = p.tap_ci[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
-    off[size_t(k)] = int32_t(guard + ci * ps + int64_t(ky) * s.w + (kx - s.pad));
+  std::vector<int32_t> off(static_cast<size_t>(nnz)), ch_of(static_cast<size_t>(nnz));
+  std::vector<uint8_t> kxs(static_cast<size_t>(nnz));
+  for (int64_t k = 0; k < nnz; ++k) {
+    const auto [ch, ky, kx] = tap(k);
+    off[size_t(k)] = int32_t(guard + ch * ps + int64_t(ky) * s.w + (kx - s.pad));
     kxs[size_t(k)] = uint8_t(kx);
+    ch_of[size_t(k)] = ch;
   }
-  const Tiling t = make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + s.kw, 1, s.cin,
-                                      p.density() * s.kh * s.kw);
+  const Tiling t =
+      make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + s.kw, 1, src_ch, density * s.kh * s.kw);
   const std::vector<int64_t> bp = block_pointers(
-      s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
-  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
+      dst_ch, t, [&](int c) { return ptr[size_t(c)]; }, [&](int64_t k) { return ch_of[size_t(k)]; });
+  const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
   std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
   parallel_ranges(s.n, prefix, [&](int tid, int, int64_t first, int64_t last) {
     // Guards and pad rows are zeroed once per call; each image then overwrites only the planes' data rows.
@@ -1009,34 +1022,65 @@ void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const floa
     std::fill(xp, xp + img, 0.0f);
     MomentPiece* piece = nullptr;
     if (moments) {
-      pieces[size_t(tid)].assign(size_t(s.cout), MomentPiece{});
+      pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
       piece = pieces[size_t(tid)].data();
     }
-    for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
-      const float* xn = x + n * xs;
-      for (int ci = 0; ci < s.cin; ++ci) copy_row(xp + guard + ci * ps + int64_t(s.pad) * s.w, xn + ci * hw, hw);
-      float* yn = y + int64_t(n) * s.cout * P;
+    for_each_group(first, last, dst_ch, [&](int n, int ca, int cb) {
+      const float* sn = src + n * ss;
+      for (int ch = 0; ch < src_ch; ++ch) copy_row(xp + guard + ch * ps + int64_t(s.pad) * s.w, sn + ch * P, P);
+      float* dn = dst + int64_t(n) * dst_ch * P;
       for (int64_t j0 = 0; j0 < P; j0 += t.span) {
         const int nv = int(std::min(t.span, P - j0) / W);
         const __mmask16* cm = (per == 2 && (j0 / W) % 2 == 1) ? cmr.data() : cmv.data();
         for (int b = 0; b < t.nblk; ++b)
-          for (int co = ca; co < cb; ++co) {
-            const int64_t k0 = bp[size_t(co) * (t.nblk + 1) + b], k1 = bp[size_t(co) * (t.nblk + 1) + b + 1];
+          for (int c = ca; c < cb; ++c) {
+            const int64_t k0 = bp[size_t(c) * (t.nblk + 1) + b], k1 = bp[size_t(c) * (t.nblk + 1) + b + 1];
             if (b > 0 && k1 == k0) continue;
-            const float init = bias ? bias[co] : 0.0f;
+            const float init = bias ? bias[c] : 0.0f;
             if (per == 1)
-              rowpad_taps_span<1>(xp + j0, off.data() + k0, kxs.data() + k0, values + k0, k1 - k0, nv, cm,
-                                  b == 0, init, yn + co * P + j0);
+              rowpad_taps_span<1>(xp + j0, off.data() + k0, kxs.data() + k0, val + k0, k1 - k0, nv, cm, b == 0,
+                                  init, dn + c * P + j0);
             else
-              rowpad_taps_span<2>(xp + j0, off.data() + k0, kxs.data() + k0, values + k0, k1 - k0, nv, cm,
-                                  b == 0, init, yn + co * P + j0);
+              rowpad_taps_span<2>(xp + j0, off.data() + k0, kxs.data() + k0, val + k0, k1 - k0, nv, cm, b == 0,
+                                  init, dn + c * P + j0);
           }
       }
       if (piece)  // the planes were just written: summed from cache
-        for (int co = ca; co < cb; ++co) piece[co].add(yn + co * P, P);
+        for (int c = ca; c < cb; ++c) piece[c].add(dn + c * P, P);
     });
   });
-  if (moments) finish_moments(pieces, s.cout, int64_t(s.n) * P, moments, "sparse_conv2d_forward_cpu");
+  if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
+}
+
+struct Tap {
+  int ch, ky, kx;
+};
+
+void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
+                    const float* bias, float* y, ChannelMoments* moments) {
+  auto tap = [&](int64_t k) {
+    return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]};
+  };
+  rowpad_pass(s, s.cin, s.cout, x, p.row_ptr, tap, values, p.density(), bias, y, moments,
+              "sparse_conv2d_forward_cpu");
+}
+
+// The input gradient on the row-padded path: dx[ci][j] = Σ val·dy[co][j + (pad − ky)·W + pad − kx], the
+// forward's pass over dy with the filter flipped (ky → kh − 1 − ky, kx → kw − 1 − kx; on same-size maps
+// the flipped filter has the same padding) and the pattern's columns as the taps.
+void backward_input_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* dy,
+                           float* dx) {
+  std::vector<int32_t> row_of(size_t(p.nnz));
+  std::vector<float> val(size_t(p.nnz));
+  for (int co = 0; co < s.cout; ++co)
+    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) row_of[size_t(k)] = co;
+  for (int64_t e = 0; e < p.nnz; ++e) val[size_t(e)] = values[p.col_entry[size_t(e)]];
+  auto tap = [&](int64_t e) {
+    const int32_t k = p.col_entry[size_t(e)];
+    return Tap{row_of[size_t(k)], s.kh - 1 - p.tap_ky[size_t(k)], s.kw - 1 - p.tap_kx[size_t(k)]};
+  };
+  rowpad_pass(s, s.cout, s.cin, dy, p.col_ptr, tap, val.data(), p.density(), nullptr, dx, nullptr,
+              "sparse_conv2d_backward_input_cpu");
 }
 
 // The input gradient on the masked direct path: items (image, input channel), taps through the transposed
@@ -1264,10 +1308,10 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
                                const T* bias, T* y, ChannelMoments* moments) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_forward_cpu");
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
     if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
-  if constexpr (std::is_same_v<T, float>)
     if (rowpad_eligible(s)) return forward_rowpad(s, p, values, x, bias, y, moments);
+  }
 #endif
   constexpr int W = kLanes<T>;
   const SrcGeom g = src_geom<T>(s, p, true);
@@ -1330,8 +1374,10 @@ void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPatt
                                       const T* dy, T* dx) {
   sparse_conv_check_shape(s, p, "sparse_conv2d_backward_input_cpu");
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
     if (use_masked<T>(s, p, MaskedPass::InputGrad)) return backward_input_masked(s, p, values, dy, dx);
+    if (rowpad_eligible(s)) return backward_input_rowpad(s, p, values, dy, dx);
+  }
 #endif
   constexpr int W = kLanes<T>;
   const GradGeom g = grad_geom<T>(s);
