@@ -412,26 +412,28 @@ bool masked_eligible(const Conv2dShape& s) {
   }
 }
 
-// Whether the masked path is the faster one. Per kept weight its masked loads cost more than the padded
-// path's plain ones, but it saves the padded copy in and the copy out, which are worth some number of kept
-// weights per source channel (nnz / Cin for the passes that read x, nnz / Cout for the input gradient,
-// which reads dy). Crossovers measured with sparrow-bench-sparse-conv --clock cpu on the ResNet-20 layers
-// (2 threads, batch 128, old and new binaries interleaved), in kept weights per source channel:
-// - 32-wide maps: forward and input gradient up to about 20 (0.75–1.0× the padded path's time at 14, no
-//   gain at 29), the weight gradient up to about 10 (0.3–0.7× at 3 and 6, 1.1–2× at 14);
-// - 16-wide maps: forward and input gradient up to about 40 (0.65–0.75× at 29), the weight gradient up to
-//   about 20 (0.4–0.6× at 6, no gain at 29);
-// - 8-wide maps: forward and input gradient up to about 60 (0.6–0.8× at 58); the weight gradient pays a
-//   horizontal sum per kept weight and 4-vector plane (the padded path puts several images side by side)
-//   and gained nothing at 12, so only below 8;
-// - 4×4 maps (one vector per plane) lost even at 2% density.
+// Whether the masked path is the faster one. Per kept weight its masked loads cost more than the row-padded
+// path's plain ones (the mask of every vector is loaded from the table), but it saves the copy in, which is
+// worth some number of kept weights per source channel (nnz / Cin for the passes that read x, nnz / Cout
+// for the input gradient, which reads dy). Crossovers measured with sparrow-bench-sparse-conv --clock cpu
+// on the ResNet-20 layers (2 threads, batch 128, binaries interleaved, 3 rounds), in kept weights per source
+// channel:
+// - forward and input gradient, against the row-padded path: 32-wide maps up to about 6 (0.6–0.9× at 3,
+//   even at 7, 1.4–2.1× slower at 14), 16-wide up to about 8 (even at 6, 1.4–2× slower at 14), 8-wide up
+//   to about 30 (even at 29, 1.1–1.3× slower at 58);
+// - the weight gradient, measured against the padded path before the row-padded one existed (which now
+//   matches it at 3–7 kept weights on 16- and 32-wide maps): 32-wide up to about 10 (0.3–0.7× at 3 and 6,
+//   1.1–2× at 14), 16-wide up to about 20 (0.4–0.6× at 6, no gain at 29); 8-wide maps pay a horizontal sum
+//   per kept weight and 4-vector plane (the padded path puts several images side by side) and gained
+//   nothing at 12, so only below 8;
+// - 4×4 maps (one vector per plane) lost even at 2% density (they have the tiny-map path now).
 enum class MaskedPass { Forward, InputGrad, WeightGrad };
 
 double masked_max_taps_per_channel(const Conv2dShape& s, MaskedPass pass) {
   const bool wgrad = pass == MaskedPass::WeightGrad;
-  if (s.w >= 32) return wgrad ? 10.0 : 20.0;
-  if (s.w >= 16) return wgrad ? 20.0 : 40.0;
-  if (s.w >= 8) return wgrad ? 8.0 : 60.0;
+  if (s.w >= 32) return wgrad ? 10.0 : 6.0;
+  if (s.w >= 16) return wgrad ? 20.0 : 8.0;
+  if (s.w >= 8) return wgrad ? 8.0 : 30.0;
   return 0.0;
 }
 
