@@ -6,11 +6,7 @@
 #include <immintrin.h>
 #endif
 
-#if defined(__GNUC__)
-#define SPARROW_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define SPARROW_ALWAYS_INLINE inline
-#endif
+#include "kernels/common/inline.h"
 
 namespace sparrow {
 
