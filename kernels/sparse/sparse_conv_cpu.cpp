@@ -1110,6 +1110,23 @@ void rowpad_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src,
   if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
 }
 
+// The pattern's columns as the taps of an input-gradient pass: the output channel of each kept weight (by
+// pattern index) and the values in column order (entry e is values[col_entry[e]]).
+struct ColumnTaps {
+  std::vector<int32_t> row_of;
+  std::vector<float> val;
+};
+
+ColumnTaps column_taps(const Conv2dShape& s, const SparseConvPattern& p, const float* values) {
+  ColumnTaps ct;
+  ct.row_of.resize(size_t(p.nnz));
+  ct.val.resize(size_t(p.nnz));
+  for (int co = 0; co < s.cout; ++co)
+    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) ct.row_of[size_t(k)] = co;
+  for (int64_t e = 0; e < p.nnz; ++e) ct.val[size_t(e)] = values[p.col_entry[size_t(e)]];
+  return ct;
+}
+
 struct Tap {
   int ch, ky, kx;
 };
@@ -1128,16 +1145,12 @@ void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const floa
 // the flipped filter has the same padding) and the pattern's columns as the taps.
 void backward_input_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* dy,
                            float* dx) {
-  std::vector<int32_t> row_of(size_t(p.nnz));
-  std::vector<float> val(size_t(p.nnz));
-  for (int co = 0; co < s.cout; ++co)
-    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) row_of[size_t(k)] = co;
-  for (int64_t e = 0; e < p.nnz; ++e) val[size_t(e)] = values[p.col_entry[size_t(e)]];
+  const ColumnTaps ct = column_taps(s, p, values);
   auto tap = [&](int64_t e) {
     const int32_t k = p.col_entry[size_t(e)];
-    return Tap{row_of[size_t(k)], s.kh - 1 - p.tap_ky[size_t(k)], s.kw - 1 - p.tap_kx[size_t(k)]};
+    return Tap{ct.row_of[size_t(k)], s.kh - 1 - p.tap_ky[size_t(k)], s.kw - 1 - p.tap_kx[size_t(k)]};
   };
-  rowpad_pass(s, s.cout, s.cin, dy, p.col_ptr, tap, val.data(), p.density(), nullptr, dx, nullptr,
+  rowpad_pass(s, s.cout, s.cin, dy, p.col_ptr, tap, ct.val.data(), p.density(), nullptr, dx, nullptr,
               "sparse_conv2d_backward_input_cpu");
 }
 
@@ -1562,17 +1575,13 @@ void forward_tiny(const Conv2dShape& s, const SparseConvPattern& p, const float*
 // dx[ci][p] = Σ val·dy[co][p + (1 − ky)·W + 1 − kx]: the forward's pass over dy with class 8 − cls.
 void backward_input_tiny(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* dy,
                          float* dx) {
-  std::vector<int32_t> row_of(size_t(p.nnz));
-  std::vector<float> val(size_t(p.nnz));
-  for (int co = 0; co < s.cout; ++co)
-    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) row_of[size_t(k)] = co;
-  for (int64_t e = 0; e < p.nnz; ++e) val[size_t(e)] = values[p.col_entry[size_t(e)]];
+  const ColumnTaps ct = column_taps(s, p, values);
   auto tap = [&](int64_t e) {
     const int32_t k = p.col_entry[size_t(e)];
-    return std::pair<int, int>{row_of[size_t(k)], 8 - (p.tap_ky[size_t(k)] * 3 + p.tap_kx[size_t(k)])};
+    return std::pair<int, int>{ct.row_of[size_t(k)], 8 - (p.tap_ky[size_t(k)] * 3 + p.tap_kx[size_t(k)])};
   };
   with_tiny_size(s.h, [&](auto h) {
-    tiny_pass<decltype(h)::value>(s, s.cout, s.cin, dy, p.col_ptr, tap, val.data(), p.density(), nullptr, dx,
+    tiny_pass<decltype(h)::value>(s, s.cout, s.cin, dy, p.col_ptr, tap, ct.val.data(), p.density(), nullptr, dx,
                                   nullptr, "sparse_conv2d_backward_input_cpu");
   });
 }
