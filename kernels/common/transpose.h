@@ -1,6 +1,8 @@
 // One full 8×8 tile transpose, d[c·ldd + r] = s[r·lds + c], shared by the conv kernels' pixel-major copies and
-// the BSR ops' row layouts. Forced inline so a tile is never a function call.
+// the BSR ops' row layouts (forced inline so a tile is never a function call), and transpose_matrix built
+// from it.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -42,5 +44,25 @@ SPARROW_ALWAYS_INLINE void transpose_tile8(const float* s, int64_t lds, float* d
   }
 }
 #endif
+
+// dst (cols × rows, leading dim ldd) = srcᵀ, src rows × cols with leading dim lds, in 8×8 tiles (partial
+// tiles at the edges as loops): 8 source rows stay within L1 associativity even when lds is a power of two
+// (16-row tiles thrashed at lds = 1024).
+template <typename T>
+inline void transpose_matrix(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int64_t kTile = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const T* s = src + r0 * lds + c0;
+      T* d = dst + c0 * ldd + r0;
+      if (r0 + kTile <= rows && c0 + kTile <= cols) {
+        transpose_tile8(s, lds, d, ldd);
+        continue;
+      }
+      const int64_t rn = std::min(kTile, rows - r0), cn = std::min(kTile, cols - c0);
+      for (int64_t c = 0; c < cn; ++c)
+        for (int64_t r = 0; r < rn; ++r) d[c * ldd + r] = s[r * lds + c];
+    }
+}
 
 }  // namespace sparrow

@@ -59,25 +59,6 @@ void valid_ox(const Conv2dShape& s, int kx, int& ox_lo, int& ox_hi) {
   ox_hi = std::max(ox_hi, ox_lo);
 }
 
-// dst (cols × rows, leading dim ldd) = srcᵀ, src rows × cols with leading dim lds, in 8×8 tiles: 8 source
-// rows stay within L1 associativity even when lds is a power of two (16-row tiles thrashed at lds = 1024).
-template <typename T>
-void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
-  constexpr int64_t kTile = 8;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const T* s = src + r0 * lds + c0;
-      T* d = dst + c0 * ldd + r0;
-      if (r0 + kTile <= rows && c0 + kTile <= cols) {
-        transpose_tile8(s, lds, d, ldd);
-        continue;
-      }
-      const int64_t rn = std::min(kTile, rows - r0), cn = std::min(kTile, cols - c0);
-      for (int64_t c = 0; c < cn; ++c)
-        for (int64_t r = 0; r < rn; ++r) d[c * ldd + r] = s[r * lds + c];
-    }
-}
-
 // Runs are short (Kw·Cin elements): copied inline, since a memcpy call per run showed up as 10% of the
 // forward's profile.
 template <typename T>
@@ -349,14 +330,14 @@ void conv2d_forward_cpu(const Conv2dShape& s, const T* x, const T* w, const T* b
     for (int g = 0; g < groups; ++g) {
       const int n0 = g * g_max, gn = std::min(g_max, s.n - n0);
       for (int i = 0; i < gn; ++i) {
-        transpose(s.cin, hw, x + (n0 + i) * xs, hw, xt, s.cin);
+        transpose_matrix(s.cin, hw, x + (n0 + i) * xs, hw, xt, s.cin);
         im2row(s, xt, r + i * p * k);
       }
       gemm_cpu<T>(false, true, int(gn * p), s.cout, int(k), T(1), r, int(k), wr.data(), int(k), T(0), yt,
                   s.cout);
       for (int i = 0; i < gn; ++i) {
         T* yn = y + (n0 + i) * ys;
-        transpose(p, s.cout, yt + i * p * s.cout, s.cout, yn, p);
+        transpose_matrix(p, s.cout, yt + i * p * s.cout, s.cout, yn, p);
         add_bias(yn);
       }
     }
@@ -387,12 +368,13 @@ void conv2d_backward_input_cpu(const Conv2dShape& s, const T* dy, const T* w, T*
 #pragma omp for schedule(static)
     for (int g = 0; g < groups; ++g) {
       const int n0 = g * g_max, gn = std::min(g_max, s.n - n0);
-      for (int i = 0; i < gn; ++i) transpose(s.cout, p, dy + (n0 + i) * ys, p, dyt + i * p * s.cout, s.cout);
+      for (int i = 0; i < gn; ++i)
+        transpose_matrix(s.cout, p, dy + (n0 + i) * ys, p, dyt + i * p * s.cout, s.cout);
       gemm_cpu<T>(false, false, int(gn * p), int(k), s.cout, T(1), dyt, s.cout, wr.data(), int(k), T(0), dr,
                   int(k));
       for (int i = 0; i < gn; ++i) {
         row2im(s, dr + i * p * k, dxt);
-        transpose(hw, s.cin, dxt, s.cin, dx + (n0 + i) * xs, hw);
+        transpose_matrix(hw, s.cin, dxt, s.cin, dx + (n0 + i) * xs, hw);
       }
     }
   }
@@ -432,9 +414,9 @@ void conv2d_backward_weight_cpu(const Conv2dShape& s, const T* x, const T* dy, T
                     acc, s.cin);
       } else {
         for (int i = 0; i < gn; ++i) {
-          transpose(s.cin, hw, x + (n0 + i) * xs, hw, xt, s.cin);
+          transpose_matrix(s.cin, hw, x + (n0 + i) * xs, hw, xt, s.cin);
           im2row(s, xt, r + i * p * k);
-          transpose(s.cout, p, dy + (n0 + i) * ys, p, dyt + i * p * s.cout, s.cout);
+          transpose_matrix(s.cout, p, dy + (n0 + i) * ys, p, dyt + i * p * s.cout, s.cout);
         }
         gemm_cpu<T>(true, false, s.cout, int(k), int(gn * p), T(1), dyt, s.cout, r, int(k), T(1), acc,
                     int(k));

@@ -64,10 +64,12 @@ void sparse_conv_check_shape(const Conv2dShape& s, const SparseConvPattern& p, c
 // input's and whose planes are whole vectors skip the padded copies and read x / dy in place, with the
 // lanes that would cross a row or the top / bottom edge masked off (per-lane masks precomputed per call);
 // chosen per pass when the kept weights per source channel are few enough that the copies would dominate
-// (thresholds by map width in sparse_conv_cpu.cpp, measured). Above those thresholds the forward on 8-,
-// 16- and 32-wide "same" maps copies whole planes with zero rows above and below (no per-row padding) and
-// masks only the wrapping columns, in registers (row-padded variant). The *_ref_cpu versions are plain
-// loops over the pattern (double accumulation), the oracle.
+// (thresholds by map width in sparse_conv_cpu.cpp, measured). Above those thresholds, on 8-, 16- and
+// 32-wide "same" maps, the forward and the input gradient (and the weight gradient on maps at least 16 wide)
+// copy whole planes with zero rows above and below (no per-row padding) and mask only the wrapping columns,
+// in registers (row-padded variant). 3×3 pad-1 layers on square maps of at most 4×4 vectorise over blocks of
+// 16 images instead (tiny-map variant, all three passes). The *_ref_cpu versions are plain loops over the
+// pattern (double accumulation), the oracle.
 
 // y (N×Cout×OH×OW) = conv(x, W⊙M) + bias; bias (Cout) may be null. With `moments`, also the per-channel
 // moments of y (kernels/common/moments.h), summed from cache as y is written: a training batch norm after

@@ -19,6 +19,7 @@
 
 #include "engine/base/error.h"
 #include "kernels/common/inline.h"
+#include "kernels/common/transpose.h"
 #include "kernels/sparse/sparse_conv.h"
 
 namespace sparrow {
@@ -123,8 +124,8 @@ inline T hsum(const Vec<T>& v) {
 
 #if defined(__AVX512F__)
 // The four horizontal sums of v0..v3 at once, lane t of the result = Σ of v_t's 16 lanes: 128-bit quarters
-// folded pairwise across the four registers (shuffle_f32x4), then within each quarter. About 12 shuffles
-// and adds for all four, against four separate trees.
+// folded pairwise across the four registers (shuffle_f32x4), then within each quarter: 15 shuffles and adds
+// for all four sums.
 // The zero-masked intrinsics with a full mask throughout: the plain ones pass _mm512_undefined_ps(), which
 // GCC 12 reports as maybe-uninitialized.
 constexpr __mmask16 kAllLanes = 0xFFFF;
@@ -149,6 +150,18 @@ inline __m128 hsum4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
   const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512 f = _mm512_maskz_permutexvar_ps(all, lanes, e);
   return _mm512_maskz_extractf32x4_ps(0xF, f, 0);
+}
+
+// res[t] += the lanes of acc0[t] + acc1[t], for the NT taps of a dot-product kernel (four at once by hsum4).
+template <int NT>
+inline void add_dot_sums(const __m512* acc0, const __m512* acc1, float* res) {
+  if constexpr (NT == 4) {
+    const __m128 sum = hsum4(_mm512_add_ps(acc0[0], acc1[0]), _mm512_add_ps(acc0[1], acc1[1]),
+                             _mm512_add_ps(acc0[2], acc1[2]), _mm512_add_ps(acc0[3], acc1[3]));
+    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
+  } else {
+    for (int t = 0; t < NT; ++t) res[t] += hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
+  }
 }
 #endif
 
@@ -273,10 +286,8 @@ inline void dots(const T* a, const T* src, const int32_t* off, int64_t len, T* r
     for (int t = 0; t < NT; ++t) acc0[t] += a0 * vload(p[t] + j);
   }
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float> && NT == 4) {
-    const __m128 sum = hsum4(__m512(acc0[0] + acc1[0]), __m512(acc0[1] + acc1[1]), __m512(acc0[2] + acc1[2]),
-                             __m512(acc0[3] + acc1[3]));
-    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
+  if constexpr (std::is_same_v<T, float>) {  // Vec<float> and __m512 are the same 64-byte vector
+    add_dot_sums<NT>(reinterpret_cast<const __m512*>(acc0), reinterpret_cast<const __m512*>(acc1), res);
     return;
   }
 #endif
@@ -378,13 +389,7 @@ inline void masked_dots(const float* a, const float* src, const int32_t* off, co
     for (int t = 0; t < NT; ++t)
       acc0[t] = _mm512_fmadd_ps(a0, _mm512_maskz_loadu_ps(m[t][i], p[t] + 16 * i), acc0[t]);
   }
-  if constexpr (NT == 4) {
-    const __m128 sum = hsum4(_mm512_add_ps(acc0[0], acc1[0]), _mm512_add_ps(acc0[1], acc1[1]),
-                             _mm512_add_ps(acc0[2], acc1[2]), _mm512_add_ps(acc0[3], acc1[3]));
-    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
-  } else {
-    for (int t = 0; t < NT; ++t) res[t] += hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
-  }
+  add_dot_sums<NT>(acc0, acc1, res);
 }
 
 inline void masked_dots_all(const float* a, const float* src, const int32_t* off, const uint8_t* cls,
@@ -845,24 +850,46 @@ void finish_moments(const std::vector<std::vector<MomentPiece>>& pieces, int cha
   }
 }
 
-// dvalues = Σ over threads of partial[t] (nnz each), dbias = Σ of db_partial[t·cout + co], in thread
-// order: deterministic for a thread count.
+// Per-thread partial sums of a weight gradient (the nnz values, and the bias in double), reduced in thread
+// order at the end: deterministic for a thread count.
 template <typename T>
-void sum_partials(const std::vector<T*>& partial, int team, int64_t nnz, T* dvalues,
-                  const std::vector<double>& db_partial, int cout, T* dbias) {
-#pragma omp parallel for schedule(static) if (nnz > 16384)
-  for (int64_t k = 0; k < nnz; ++k) {
-    T sum = partial[0][k];
-    for (int t2 = 1; t2 < team; ++t2) sum += partial[size_t(t2)][k];
-    dvalues[k] = sum;
+struct WgradPartials {
+  int64_t nnz;
+  int cout;
+  int team = 1;
+  std::vector<T*> partial;
+  std::vector<double> db;
+
+  WgradPartials(int64_t nnz_, int cout_, bool bias)
+      : nnz(nnz_), cout(cout_), partial(size_t(omp_get_max_threads()), nullptr),
+        db(bias ? size_t(omp_get_max_threads()) * cout_ : 0, 0.0) {}
+
+  // On thread tid of the parts running parallel_ranges: its zeroed value sums (scratch slot 2).
+  T* values(int tid, int parts) {
+    if (tid == 0) team = parts;
+    T* acc = thread_scratch<T>(size_t(nnz) + 1, 2);
+    std::fill(acc, acc + nnz, T(0));
+    partial[size_t(tid)] = acc;
+    return acc;
   }
-  if (dbias)
-    for (int co = 0; co < cout; ++co) {
-      double sum = 0.0;
-      for (int t2 = 0; t2 < team; ++t2) sum += db_partial[size_t(t2) * cout + co];
-      dbias[co] = T(sum);
+  // Its bias sums, null without a bias.
+  double* bias(int tid) { return db.empty() ? nullptr : db.data() + size_t(tid) * cout; }
+
+  void finish(T* dvalues, T* dbias) const {
+#pragma omp parallel for schedule(static) if (nnz > 16384)
+    for (int64_t k = 0; k < nnz; ++k) {
+      T sum = partial[0][k];
+      for (int t2 = 1; t2 < team; ++t2) sum += partial[size_t(t2)][k];
+      dvalues[k] = sum;
     }
-}
+    if (dbias)
+      for (int co = 0; co < cout; ++co) {
+        double sum = 0.0;
+        for (int t2 = 0; t2 < team; ++t2) sum += db[size_t(t2) * cout + co];
+        dbias[co] = T(sum);
+      }
+  }
+};
 
 #if defined(__AVX512F__)
 // Runs f(channel, j0, nv, block) over one image's work on the masked path: spans of t.span elements
@@ -961,7 +988,7 @@ void forward_masked(const Conv2dShape& s, const SparseConvPattern& p, const floa
 // padded path (sparrow-bench-sparse-conv --clock cpu, 2 threads, batch 128, 3 rounds): VGG-11 128-256 16×16
 // at 10% 19.9–21.9 vs 22.8–24.8 ms, 256-256 8×8 11.3–11.8 vs 12.3–13.4 ms; ResNet-20 layers at 20–50%: 16×16
 // and 8×8 0.55–0.85×, 32×32 0.5–0.8× at 30% and 0.8–0.95× at 50%; 4×4 maps (one vector per plane, where the
-// padded path groups images) 1.8–2.4× slower, so they keep the padded path. The input gradient (same command,
+// padded path groups images) 1.8–2.4× slower (they now take the tiny-map path). The input gradient (same command,
 // old and new binaries interleaved, 3 rounds): VGG-11 16×16 at 10% 20.3–22.4 vs 24.2–24.4 ms, 8×8 10.9–11.3
 // vs 13.2–14.4 ms; ResNet-20 layers at 30% and 50%: 16×16 0.6–0.9×, 32×32 0.8–1.0×, 8×8 0.7–1.4× (two of
 // three rounds faster).
@@ -1180,15 +1207,10 @@ inline void rowpad_dots(const float* a, const float* src, const int32_t* off, co
   }
   if (i < nv) {
     const __m512 a0 = _mm512_loadu_ps(a + 16 * i);
-    for (int t = 0; t < NT; ++t) acc0[t] = _mm512_mask3_fmadd_ps(a0, _mm512_loadu_ps(p[t] + 16 * i), acc0[t], m0[t]);
+    for (int t = 0; t < NT; ++t)
+      acc0[t] = _mm512_mask3_fmadd_ps(a0, _mm512_loadu_ps(p[t] + 16 * i), acc0[t], m0[t]);
   }
-  if constexpr (NT == 4) {
-    const __m128 sum = hsum4(_mm512_add_ps(acc0[0], acc1[0]), _mm512_add_ps(acc0[1], acc1[1]),
-                             _mm512_add_ps(acc0[2], acc1[2]), _mm512_add_ps(acc0[3], acc1[3]));
-    _mm_storeu_ps(res, _mm_add_ps(_mm_loadu_ps(res), sum));
-  } else {
-    for (int t = 0; t < NT; ++t) res[t] += hsum<float>(_mm512_add_ps(acc0[t], acc1[t]));
-  }
+  add_dot_sums<NT>(acc0, acc1, res);
 }
 
 template <int PER>
@@ -1223,19 +1245,13 @@ void backward_weight_rowpad(const Conv2dShape& s, const SparseConvPattern& p, co
   const std::vector<int64_t> bp = block_pointers(
       s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
-  const int max_threads = omp_get_max_threads();
-  std::vector<float*> partial(size_t(max_threads), nullptr);
-  std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
-  int team = 1;
+  WgradPartials<float> sums(p.nnz, s.cout, dbias != nullptr);
   const int per = g.per;
   parallel_ranges(s.n, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
-    if (tid == 0) team = parts;
-    float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
-    std::fill(acc, acc + p.nnz, 0.0f);
-    partial[size_t(tid)] = acc;
+    float* acc = sums.values(tid, parts);
     float* xp = thread_scratch<float>(size_t(g.img), 0);
     std::fill(xp, xp + g.img, 0.0f);
-    double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
+    double* dbt = sums.bias(tid);
     for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
       rowpad_copy(s, g, x + n * xs, s.cin, xp);
       const float* dyn = dy + int64_t(n) * s.cout * P;
@@ -1253,7 +1269,7 @@ void backward_weight_rowpad(const Conv2dShape& s, const SparseConvPattern& p, co
       });
     });
   });
-  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
+  sums.finish(dvalues, dbias);
 }
 
 // The input gradient on the masked direct path: items (image, input channel), taps through the transposed
@@ -1265,18 +1281,15 @@ void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, con
   const int oh = s.oh();
   const MaskTable mt = mask_table(s.h, oh, s.w, s.kh, s.kw, s.pad, -1);
   const int64_t hw = int64_t(s.h) * s.w, P = int64_t(oh) * s.w, ys = int64_t(s.cout) * P;
-  std::vector<int32_t> row_of(size_t(p.nnz)), off(size_t(p.nnz)), co_of(size_t(p.nnz));
+  const ColumnTaps ct = column_taps(s, p, values);
+  std::vector<int32_t> off(size_t(p.nnz)), co_of(size_t(p.nnz));
   std::vector<uint8_t> cls(size_t(p.nnz));
-  std::vector<float> val(size_t(p.nnz));
-  for (int co = 0; co < s.cout; ++co)
-    for (int64_t k = p.row_ptr[size_t(co)]; k < p.row_ptr[size_t(co) + 1]; ++k) row_of[size_t(k)] = co;
   for (int64_t e = 0; e < p.nnz; ++e) {
     const int32_t k = p.col_entry[size_t(e)];
-    const int co = row_of[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
+    const int co = ct.row_of[size_t(k)], ky = p.tap_ky[size_t(k)], kx = p.tap_kx[size_t(k)];
     off[size_t(e)] = int32_t(co * P + int64_t(s.pad - ky) * s.w + (s.pad - kx));
     cls[size_t(e)] = uint8_t(ky * s.kw + kx);
     co_of[size_t(e)] = co;
-    val[size_t(e)] = values[k];
   }
   const Tiling t = make_tiling<float>(kBlockVecs * W, int64_t(s.kh - 1) * s.w + (s.kw - 1), 1, s.cout,
                                       p.density() * s.kh * s.kw);
@@ -1290,7 +1303,7 @@ void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, con
       masked_loop(t, hw, ca, cb, [&](int ci, int64_t j0, int nv, int b) {
         const int64_t e0 = bp[size_t(ci) * (t.nblk + 1) + b], e1 = bp[size_t(ci) * (t.nblk + 1) + b + 1];
         if (b > 0 && e1 == e0) return;
-        masked_taps_span(src + j0, off.data() + e0, cls.data() + e0, val.data() + e0, e1 - e0, nv,
+        masked_taps_span(src + j0, off.data() + e0, cls.data() + e0, ct.val.data() + e0, e1 - e0, nv,
                          mt.mask.data() + j0 / W, mt.nvec, b == 0, 0.0f, dxn + ci * hw + j0);
       });
     });
@@ -1299,7 +1312,7 @@ void backward_input_masked(const Conv2dShape& s, const SparseConvPattern& p, con
 
 // The weight gradient on the masked direct path: items (image, output channel), each kept weight's dot
 // product of the dy plane with x's source plane read in place through the forward's masks, in spans of up
-// to kWgradSpanVecs vectors; per-thread partial sums reduced in thread order (sum_partials).
+// to kWgradSpanVecs vectors; per-thread partial sums reduced in thread order (WgradPartials).
 void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                             float* dvalues, float* dbias) {
   constexpr int W = 16;
@@ -1308,16 +1321,10 @@ void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, co
   const Tiling& t = plan.t;
   const std::vector<int64_t>& bp = plan.bp;
   const int64_t P = int64_t(s.oh()) * s.ow(), xs = int64_t(s.cin) * s.h * s.w;
-  const int max_threads = omp_get_max_threads();
-  std::vector<float*> partial(size_t(max_threads), nullptr);
-  std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
-  int team = 1;
+  WgradPartials<float> sums(p.nnz, s.cout, dbias != nullptr);
   parallel_ranges(s.n, plan.prefix, [&](int tid, int parts, int64_t first, int64_t last) {
-    if (tid == 0) team = parts;
-    float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
-    std::fill(acc, acc + p.nnz, 0.0f);
-    partial[size_t(tid)] = acc;
-    double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
+    float* acc = sums.values(tid, parts);
+    double* dbt = sums.bias(tid);
     for_each_group(first, last, s.cout, [&](int n, int ca, int cb) {
       const float* src = x + n * xs;
       const float* dyn = dy + int64_t(n) * s.cout * P;
@@ -1331,7 +1338,7 @@ void backward_weight_masked(const Conv2dShape& s, const SparseConvPattern& p, co
       });
     });
   });
-  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
+  sums.finish(dvalues, dbias);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1449,25 +1456,17 @@ inline void tiny_dots(const __m512* d, const float* src, const int32_t* off, con
 void to_batch_minor(const float* src, int ch, int P, int n0, int count, float* dst) {
   for (int c = 0; c < ch; ++c) {
     float* d = dst + int64_t(c) * P * 16;
-    for (int l = 0; l < 16; ++l) {
-      if (l < count) {
-        const float* s = src + (int64_t(n0 + l) * ch + c) * P;
-        for (int p = 0; p < P; ++p) d[p * 16 + l] = s[p];
-      } else {
-        for (int p = 0; p < P; ++p) d[p * 16 + l] = 0.0f;
-      }
-    }
+    transpose_matrix<float>(count, P, src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, d, 16);
+    if (count < 16)
+      for (int p = 0; p < P; ++p) zero_row(d + p * 16 + count, 16 - count);
   }
 }
 
 // The inverse for channels [ca, cb): src[c − ca][p][16 images] to images [n0, n0 + count) of dst.
 void from_batch_minor(const float* src, int ch, int ca, int cb, int P, int n0, int count, float* dst) {
-  for (int l = 0; l < count; ++l)
-    for (int c = ca; c < cb; ++c) {
-      const float* s = src + int64_t(c - ca) * P * 16 + l;
-      float* d = dst + (int64_t(n0 + l) * ch + c) * P;
-      for (int p = 0; p < P; ++p) d[p] = s[p * 16];
-    }
+  for (int c = ca; c < cb; ++c)
+    transpose_matrix<float>(P, count, src + int64_t(c - ca) * P * 16, 16, dst + (int64_t(n0) * ch + c) * P,
+                            int64_t(ch) * P);
 }
 
 // Per destination channel, its taps (entries [ptr[c], ptr[c + 1]) of the caller's list, tap(k) = {source
@@ -1487,22 +1486,25 @@ TinyPlan tiny_plan(int P, int src_ch, int dst_ch, const std::vector<int64_t>& pt
   const int nblk = pl.t.nblk;
   const int64_t nnz = ptr[size_t(dst_ch)];
   pl.seg.assign(size_t(dst_ch) * nblk * 9 + 1, 0);
-  auto bucket = [&](int c, int64_t k) {
-    const auto [ch, cls] = tap(k);
-    return (size_t(c) * nblk + size_t(ch / pl.t.block)) * 9 + size_t(cls);
-  };
+  // Each tap's run and source channel, computed once (tap(k) is an indirect lookup for the input gradient).
+  std::vector<int64_t> run(static_cast<size_t>(nnz));
+  std::vector<int32_t> src_of(static_cast<size_t>(nnz));
   for (int c = 0; c < dst_ch; ++c)
-    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) ++pl.seg[bucket(c, k) + 1];
+    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
+      const auto [ch, cls] = tap(k);
+      run[size_t(k)] = (int64_t(c) * nblk + ch / pl.t.block) * 9 + cls;
+      src_of[size_t(k)] = ch;
+      ++pl.seg[size_t(run[size_t(k)]) + 1];
+    }
   for (size_t i = 1; i < pl.seg.size(); ++i) pl.seg[i] += pl.seg[i - 1];
   std::vector<int64_t> pos(pl.seg.begin(), pl.seg.end() - 1);
   pl.off.resize(size_t(nnz));
   pl.order.resize(size_t(nnz));
-  for (int c = 0; c < dst_ch; ++c)
-    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
-      const int64_t i = pos[bucket(c, k)]++;
-      pl.off[size_t(i)] = int32_t(tap(k).first * P * 16);
-      pl.order[size_t(i)] = int32_t(k);
-    }
+  for (int64_t k = 0; k < nnz; ++k) {  // in caller order: stable within each run
+    const int64_t i = pos[size_t(run[size_t(k)])]++;
+    pl.off[size_t(i)] = src_of[size_t(k)] * P * 16;
+    pl.order[size_t(i)] = int32_t(k);
+  }
   return pl;
 }
 
@@ -1588,7 +1590,7 @@ void backward_input_tiny(const Conv2dShape& s, const SparseConvPattern& p, const
 
 // dvalues[k] = Σ_n Σ_p dy[n][co][p]·x[n][ci][source pixel of p] over the on-map pixels: per (block of 16
 // images, output channel) the dy pixels are held in registers and each tap is one dot product against the
-// batch-minor x; per-thread partial sums reduced in thread order (sum_partials).
+// batch-minor x; per-thread partial sums reduced in thread order (WgradPartials).
 template <int H>
 void backward_weight_tiny_h(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                             float* dvalues, float* dbias) {
@@ -1598,18 +1600,12 @@ void backward_weight_tiny_h(const Conv2dShape& s, const SparseConvPattern& p, co
   const Tiling& t = pl.t;
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
-  const int max_threads = omp_get_max_threads();
-  std::vector<float*> partial(size_t(max_threads), nullptr);
-  std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
-  int team = 1;
+  WgradPartials<float> sums(p.nnz, s.cout, dbias != nullptr);
   parallel_ranges(blocks, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
-    if (tid == 0) team = parts;
-    float* acc = thread_scratch<float>(size_t(p.nnz) + 1, 2);
-    std::fill(acc, acc + p.nnz, 0.0f);
-    partial[size_t(tid)] = acc;
+    float* acc = sums.values(tid, parts);
     float* xt = thread_scratch<float>(size_t(s.cin) * P * 16, 0);
     float* dyt = thread_scratch<float>(size_t(s.cout) * P * 16, 1);
-    double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
+    double* dbt = sums.bias(tid);
     for_each_group(first, last, s.cout, [&](int g, int ca, int cb) {
       const int n0 = g * 16, count = std::min(16, s.n - n0);
       to_batch_minor(x, s.cin, P, n0, count, xt);
@@ -1635,7 +1631,7 @@ void backward_weight_tiny_h(const Conv2dShape& s, const SparseConvPattern& p, co
         }
     });
   });
-  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
+  sums.finish(dvalues, dbias);
 }
 
 void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
@@ -1956,21 +1952,14 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
   const std::vector<int64_t> bp = block_pointers(
       s.cout, t, [&](int co) { return p.row_ptr[size_t(co)]; }, [&](int64_t k) { return p.tap_ci[size_t(k)]; });
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
-  const int max_threads = omp_get_max_threads();
-  // Per-thread partial sums (dvalues and dbias), reduced in thread order: deterministic for a thread count.
-  std::vector<T*> partial(size_t(max_threads), nullptr);
-  std::vector<double> db_partial(dbias ? size_t(max_threads) * s.cout : 0, 0.0);
-  int team = 1;
+  WgradPartials<T> sums(p.nnz, s.cout, dbias != nullptr);
   parallel_ranges(groups, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
-    if (tid == 0) team = parts;
-    T* acc = thread_scratch<T>(size_t(p.nnz) + 1, 2);
-    std::fill(acc, acc + p.nnz, T(0));
-    partial[size_t(tid)] = acc;
+    T* acc = sums.values(tid, parts);
     T* xp = g.direct ? nullptr : thread_scratch<T>(size_t(g.img), 0);
     // dy of the group in the output layout; discarded columns and the rounding stay zero throughout.
     T* dyb = g.out_direct ? nullptr : thread_scratch<T>(size_t(s.cout) * g.len, 1);
     if (dyb) std::fill(dyb, dyb + size_t(s.cout) * g.len, T(0));
-    double* dbt = dbias ? db_partial.data() + size_t(tid) * s.cout : nullptr;
+    double* dbt = sums.bias(tid);
     for_each_group(first, last, s.cout, [&](int grp, int ca, int cb) {
       const int n0 = grp * g.group, count = std::min(g.group, s.n - n0);
       if (!g.direct) fill_src(s, g, x, n0, count, xp);
@@ -1996,7 +1985,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
       }
     });
   });
-  sum_partials(partial, team, p.nnz, dvalues, db_partial, s.cout, dbias);
+  sums.finish(dvalues, dbias);
 }
 
 #define SPARROW_SPARSE_CONV_INSTANTIATE(T)                                                                   \
