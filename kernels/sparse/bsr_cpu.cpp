@@ -4,8 +4,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -382,6 +384,82 @@ void stream_fence() {
 
 constexpr int64_t kChunkBytes = 384 * 1024;
 
+// Requests the b-wide pieces `segs` of rows [r0, r1) of a row-major matrix into L2, a slice per call of
+// issue(): the next chunk's pack inputs, fetched while the current chunk computes. Packing reads pieces
+// scattered along each row, which the hardware prefetchers do not follow, so without this the copy waits
+// on memory with the FMA units idle (perf: nearly all the pack's time on its first store).
+template <int B>
+class SegmentPrefetch {
+ public:
+  static constexpr int kLines = (B * 4 + 63) / 64;  // cache lines per piece (B * 4 bytes)
+
+  void start(const float* a, int64_t ld, const int32_t* segs, int nseg, int r0, int r1) {
+    a_ = a;
+    ld_ = ld;
+    segs_ = segs;
+    nseg_ = nseg;
+    row_ = r0;
+    end_ = nseg > 0 ? r1 : r0;
+    seg_ = 0;
+  }
+  int64_t lines() const { return int64_t(end_ - row_) * nseg_ * kLines; }
+  // About n lines; nothing once the rows are done.
+  void issue(int64_t n) {
+    for (; n > 0 && row_ < end_; n -= kLines) {
+      const char* p = reinterpret_cast<const char*>(a_ + int64_t(row_) * ld_ + int64_t(segs_[seg_]) * B);
+      for (int l = 0; l < kLines; ++l) __builtin_prefetch(p + l * 64, 0, 2);
+      if (++seg_ == nseg_) {
+        seg_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  const float* a_ = nullptr;
+  int64_t ld_ = 0;
+  const int32_t* segs_ = nullptr;
+  int nseg_ = 0, row_ = 0, end_ = 0, seg_ = 0;
+};
+
+// Tasks [0, n) split into one contiguous range per thread. A thread takes its own range in order, so it
+// knows its likely next task and can fetch that task's inputs early; then it helps with the other ranges,
+// through the same counters, so a thread that starts late (a sleeping OpenMP worker takes tens of
+// microseconds to wake) or runs slowly on a shared machine does not hold the call up.
+class TaskRanges {
+ public:
+  TaskRanges(int n, int parts) : parts_(std::max(1, parts)), r_(new Range[size_t(parts_)]) {
+    for (int i = 0; i < parts_; ++i) {
+      r_[size_t(i)].begin = int(int64_t(n) * i / parts_);
+      r_[size_t(i)].end = int(int64_t(n) * (i + 1) / parts_);
+      r_[size_t(i)].next.store(r_[size_t(i)].begin, std::memory_order_relaxed);
+    }
+  }
+  // The next task for thread tid (its own range first), or -1 once every task is taken.
+  int take(int tid) {
+    for (int i = 0; i < parts_; ++i) {
+      Range& r = r_[size_t((tid + i) % parts_)];
+      if (r.next.load(std::memory_order_relaxed) >= r.end) continue;
+      const int t = r.next.fetch_add(1, std::memory_order_relaxed);
+      if (t < r.end) return t;
+    }
+    return -1;
+  }
+  // The task thread tid most likely takes after `task` (the next one of its own range), or -1.
+  int likely_next(int tid, int task) const {
+    const Range& r = r_[size_t(tid % parts_)];
+    return task >= r.begin && task + 1 < r.end ? task + 1 : -1;
+  }
+
+ private:
+  struct alignas(64) Range {  // a cache line each: the counters are written by different threads
+    std::atomic<int> next{0};
+    int begin = 0, end = 0;
+  };
+  int parts_;
+  std::unique_ptr<Range[]> r_;
+};
+
 // One micro-tile: R packed rows (rr of them real, stored at row r0), output block column cb. The
 // accumulators live in registers across the whole block list, so C is written exactly once.
 template <class V, int B, int R>
@@ -471,32 +549,39 @@ void spmm_run(const SpmmArgs& s) {
   if (nrc > 1 && threads > 1) nrc = (nrc + threads - 1) / threads * threads;
   const int rc = ((s.rows + nrc - 1) / nrc + R - 1) / R * R;
   nrc = (s.rows + rc - 1) / rc;
-  // Enough tasks for dynamic balance (>= 8 per thread): split the block columns too when there are few
-  // row chunks (each group then packs its own copy of the chunk's A segments).
+  // Enough tasks for balance (>= 8 per thread): split the block columns too when there are few row chunks
+  // (each group then packs its own copy of the chunk's A segments).
   int ncg = 1;
   if (threads > 1 && nrc < 8 * threads) ncg = std::max(1, std::min(s.nb_out, (8 * threads + nrc - 1) / nrc));
   const std::vector<int> cut = balanced_split(s.nb_out, ncg, [&](int i) { return int64_t(s.ptr[i]) * 4 + i; });
   const int ntasks = nrc * ncg;
+  // The k-blocks each group of block columns reads, ascending: the A segments its tasks pack.
+  std::vector<std::vector<int32_t>> used_of(static_cast<size_t>(ncg));
+  {
+    std::vector<uint8_t> seen(static_cast<size_t>(nkb));
+    for (int g = 0; g < ncg; ++g) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int t = s.ptr[cut[size_t(g)]]; t < s.ptr[cut[size_t(g) + 1]]; ++t)
+        if (!seen[size_t(s.kidx[t])]) {
+          seen[size_t(s.kidx[t])] = 1;
+          used_of[size_t(g)].push_back(s.kidx[t]);
+        }
+      std::sort(used_of[size_t(g)].begin(), used_of[size_t(g)].end());
+    }
+  }
+  TaskRanges tasks(ntasks, threads);
 #pragma omp parallel if (threads > 1 && ntasks > 1)
   {
     thread_local std::vector<float> pack;  // kept across calls: no page faults on every call
-    std::vector<int32_t> slot(size_t(nkb), -1), used;
-#pragma omp for schedule(dynamic, 1)
-    for (int task = 0; task < ntasks; ++task) {
+    std::vector<int32_t> slot(size_t(nkb), -1);
+    SegmentPrefetch<B> ahead;
+    const int tid = omp_get_thread_num();
+    for (int task = tasks.take(tid); task >= 0; task = tasks.take(tid)) {
       const int ic = task / ncg, g = task % ncg;
       const int c0 = cut[size_t(g)], c1 = cut[size_t(g) + 1];
+      const std::vector<int32_t>& used = used_of[size_t(g)];
       if (c0 == c1) continue;
       const int r0 = ic * rc, r1 = std::min(s.rows, r0 + rc), ntile = (r1 - r0 + R - 1) / R;
-      // The k-blocks this group of block columns reads, in ascending order.
-      used.clear();
-      for (int t = s.ptr[c0]; t < s.ptr[c1]; ++t) {
-        const int kb = s.kidx[t];
-        if (slot[size_t(kb)] < 0) {
-          slot[size_t(kb)] = 0;
-          used.push_back(kb);
-        }
-      }
-      std::sort(used.begin(), used.end());
       for (size_t j = 0; j < used.size(); ++j) slot[size_t(used[j])] = int32_t(j);
       const int64_t tile_floats = int64_t(used.size()) * B * R;
       if (!used.empty()) {
@@ -519,10 +604,17 @@ void spmm_run(const SpmmArgs& s) {
           }
         }
       }
+      if (const int next = tasks.likely_next(tid, task); next >= 0) {
+        const int nic = next / ncg, ng = next % ncg;
+        const std::vector<int32_t>& nused = used_of[size_t(ng)];
+        ahead.start(s.a, s.K, nused.data(), int(nused.size()), nic * rc, std::min(s.rows, (nic + 1) * rc));
+      }
+      const int64_t quota = ahead.lines() / (int64_t(c1 - c0) * ntile) + 1;
       for (int cb = c0; cb < c1; ++cb)
         for (int tile = 0; tile < ntile; ++tile) {
           const int row = r0 + tile * R;
           spmm_tile<V, B, R>(s, pack.data() + tile * tile_floats, slot.data(), row, std::min(R, r1 - row), cb);
+          ahead.issue(quota);
         }
       for (int kb : used) slot[size_t(kb)] = -1;
     }
@@ -602,27 +694,67 @@ void sddmm_run(const SddmmArgs& s) {
     std::fill(s.dv, s.dv + p.value_count(), 0.0f);
     return;
   }
-  // Few blocks: split the rows too, into per-thread partial sums (no atomics), reduced at the end.
-  const int splits = (threads > 1 && nnzb < 8 * threads && s.rows >= 64 * threads) ? threads : 1;
-  // One block range per thread: every task packs the x segments its blocks read, so fewer, larger ranges
-  // pack less.
-  const int groups = int(std::min<int64_t>(nnzb, splits > 1 ? 1 : threads));
-  std::vector<float> partial(splits > 1 ? size_t(splits - 1) * size_t(p.value_count()) : 0);
-  // Block ranges of about equal count (every block costs the same: b²·rows).
-  std::vector<int64_t> kcut(size_t(groups) + 1);
-  for (int g = 0; g <= groups; ++g) kcut[size_t(g)] = nnzb * g / groups;
   std::vector<int32_t> brow(static_cast<size_t>(nnzb));
   for (int bi = 0; bi < p.block_rows(); ++bi)
     for (int32_t k = p.row_ptr[size_t(bi)]; k < p.row_ptr[size_t(bi) + 1]; ++k) brow[size_t(k)] = bi;
+  // Block ranges of about equal count (every block costs the same: b²·rows).
+  auto block_cuts = [&](int groups) {
+    std::vector<int64_t> cut(size_t(groups) + 1);
+    for (int g = 0; g <= groups; ++g) cut[size_t(g)] = nnzb * g / groups;
+    return cut;
+  };
+  // Segments per row that blocks [k0, k1) pack: their distinct x block columns and dy block rows.
+  std::vector<uint8_t> seen_x(size_t(p.block_cols())), seen_g(size_t(p.block_rows()));
+  auto segments = [&](int64_t k0, int64_t k1) {
+    std::fill(seen_x.begin(), seen_x.end(), 0);
+    std::fill(seen_g.begin(), seen_g.end(), 0);
+    int64_t n = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+      uint8_t &sx = seen_x[size_t(p.col_idx[size_t(k)])], &sg = seen_g[size_t(brow[size_t(k)])];
+      n += (sx == 0) + (sg == 0);
+      sx = sg = 1;
+    }
+    return n;
+  };
+  // Two ways to share the work. One block range per thread: each thread packs the x columns (dy rows) its
+  // blocks read, over all rows, so columns read by both ranges are packed twice. One row range per thread:
+  // every segment is packed once, into per-thread partial sums (no atomics) reduced at the end. The rows
+  // are split when that packs less, counting the reduction, and always with few blocks; but not when a
+  // chunk of kMinChunkRows rows of every segment would overflow the chunk budget (a chunk and the next
+  // one's prefetched rows must share L2: measured, that costs more than the duplicate packing saves).
+  constexpr int kMinChunkRows = 32;
+  int splits = 1;
+  if (threads > 1 && s.rows >= 64 * threads) {
+    if (nnzb < 8 * threads) {
+      splits = threads;
+    } else {
+      const std::vector<int64_t> cut = block_cuts(threads);
+      int64_t by_blocks = 0;
+      for (int g = 0; g < threads; ++g) by_blocks += segments(cut[size_t(g)], cut[size_t(g) + 1]);
+      const int64_t by_rows = segments(0, nnzb);
+      if (by_rows * B * 4 * kMinChunkRows <= kChunkBytes &&
+          double(s.rows) * by_rows * B + 2.0 * threads * p.value_count() < double(s.rows) * by_blocks * B)
+        splits = threads;
+    }
+  }
+  const int groups = int(std::min<int64_t>(nnzb, splits > 1 ? 1 : threads));
+  const std::vector<int64_t> kcut = block_cuts(groups);
+  // Partial sums of the row ranges after the first, kept across calls: every range has rows, so its first
+  // chunk overwrites every value (no zeroing needed).
+  thread_local std::vector<float> partial_cache;
+  if (splits > 1 && partial_cache.size() < size_t(splits - 1) * size_t(p.value_count()))
+    partial_cache.resize(size_t(splits - 1) * size_t(p.value_count()));
+  float* const partial = partial_cache.data();
   const int ntasks = splits * groups;
 #pragma omp parallel if (threads > 1 && ntasks > 1)
   {
     thread_local std::vector<float> xpan, gpan;  // kept across calls
     std::vector<int32_t> xslot(size_t(p.block_cols()), -1), gslot(size_t(p.block_rows()), -1), xsegs, gsegs;
+    SegmentPrefetch<B> xahead, gahead;
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < ntasks; ++task) {
       const int sp = task / groups, g = task % groups;
-      float* dv = sp == 0 ? s.dv : partial.data() + size_t(sp - 1) * size_t(p.value_count());
+      float* dv = sp == 0 ? s.dv : partial + size_t(sp - 1) * size_t(p.value_count());
       const int rs0 = int(int64_t(s.rows) * sp / splits), rs1 = int(int64_t(s.rows) * (sp + 1) / splits);
       const int64_t k0 = kcut[size_t(g)], k1 = kcut[size_t(g) + 1];
       xsegs.clear();
@@ -642,31 +774,42 @@ void sddmm_run(const SddmmArgs& s) {
       for (size_t j = 0; j < gsegs.size(); ++j) gslot[size_t(gsegs[j])] = int32_t(j);
       // Row chunk: the packed panels (rc × b per segment) stay in L2 while the task walks its blocks.
       const int64_t seg_bytes = int64_t(xsegs.size() + gsegs.size()) * B * 4;
-      const int rc = int(std::clamp<int64_t>(kChunkBytes / seg_bytes, 32, 512));
+      const int rc = int(std::clamp<int64_t>(kChunkBytes / seg_bytes, kMinChunkRows, 512));
       for (int r0 = rs0; r0 < rs1; r0 += rc) {
         const int r1 = std::min(rs1, r0 + rc), n = r1 - r0;
         xpan.resize(xsegs.size() * size_t(n) * B);
         gpan.resize(gsegs.size() * size_t(n) * B);
         pack_segments<B>(s.x, s.in, s.in, r0, r1, xsegs, xpan.data());
         pack_segments<B>(s.dy, s.out, s.out, r0, r1, gsegs, gpan.data());
+        // The next chunk's segments come in while this one computes.
+        const int nr1 = std::min(rs1, r1 + rc);
+        xahead.start(s.x, s.in, xsegs.data(), int(xsegs.size()), r1, nr1);
+        gahead.start(s.dy, s.out, gsegs.data(), int(gsegs.size()), r1, nr1);
+        const int64_t calls = (k1 - k0) * (B / IT), qx = xahead.lines() / calls + 1,
+                      qg = gahead.lines() / calls + 1;
         for (int64_t k = k0; k < k1; ++k) {
           const float* xp = xpan.data() + int64_t(xslot[size_t(p.col_idx[size_t(k)])]) * n * B;
           const float* gp = gpan.data() + int64_t(gslot[size_t(brow[size_t(k)])]) * n * B;
           float* d = dv + k * B * B;
-          for (int c = 0; c < B; c += IT) sddmm_tile<V, B, IT>(xp + c, gp, n, d + c * B, r0 != rs0);
+          for (int c = 0; c < B; c += IT) {
+            sddmm_tile<V, B, IT>(xp + c, gp, n, d + c * B, r0 != rs0);
+            xahead.issue(qx);
+            gahead.issue(qg);
+          }
         }
       }
       for (int bj : xsegs) xslot[size_t(bj)] = -1;
       for (int bi : gsegs) gslot[size_t(bi)] = -1;
     }
-  }
-  if (splits > 1) {
-    const int64_t n = p.value_count();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      float acc = s.dv[i];
-      for (int sp = 1; sp < splits; ++sp) acc += partial[size_t(sp - 1) * size_t(n) + size_t(i)];
-      s.dv[i] = acc;
+    // The row ranges' partial sums, in the same parallel region (after the loop's barrier).
+    if (splits > 1) {
+      const int64_t n = p.value_count();
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        float acc = s.dv[i];
+        for (int sp = 1; sp < splits; ++sp) acc += partial[size_t(sp - 1) * size_t(n) + size_t(i)];
+        s.dv[i] = acc;
+      }
     }
   }
 }

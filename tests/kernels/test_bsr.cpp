@@ -341,6 +341,7 @@ TEST(BsrCpu, FastMatchesDenseLargeAndThreaded) {
       {256, 320, 301, 16, 0.3, true},
       {192, 1000, 203, 32, 0.25, false},
       {30, 2000, 200, 32, 0.1, false},   // ~6 blocks, 200 rows: the SDDMM row split
+      {256, 250, 1001, 16, 0.3, false},  // many blocks sharing x columns: the SDDMM row split, 3 chunks a range
       {40, 1500, 257, 16, 0.05, false},
       {100, 300, 150, 8, 0.5, true},
       {512, 512, 70, 32, 0.5, false},    // > 64 Ki transposed values: the parallel block transpose
@@ -357,6 +358,22 @@ TEST(BsrCpu, FastMatchesDenseLargeAndThreaded) {
     }
   }
   omp_set_num_threads(saved);
+}
+
+// Called inside a parallel region, the kernels' own region gets a team of one while omp_get_max_threads()
+// still says 2: the work is split for two threads, and the one thread must run every share.
+TEST(BsrCpu, FastMatchesDenseInsideAParallelRegion) {
+  const int saved_threads = omp_get_max_threads(), saved_levels = omp_get_max_active_levels();
+  omp_set_num_threads(2);
+  omp_set_max_active_levels(1);
+  const Case c = make_case({96, 200, 300, 16, 0.4, false}, 950);
+#pragma omp parallel num_threads(2)
+  {
+#pragma omp master
+    check_case(c, Path::Fast, bsr_isa_default());
+  }
+  omp_set_max_active_levels(saved_levels);
+  omp_set_num_threads(saved_threads);
 }
 
 TEST(BsrCpu, ZeroRowsWritesNothingAndEmptyGradient) {
