@@ -402,7 +402,9 @@ class SegmentPrefetch {
     end_ = nseg > 0 ? r1 : r0;
     seg_ = 0;
   }
-  int64_t lines() const { return int64_t(end_ - row_) * nseg_ * kLines; }
+  void stop() { end_ = row_; }
+  // Lines per issue() call that spread the remaining rows over `calls` calls.
+  int64_t share(int64_t calls) const { return int64_t(end_ - row_) * nseg_ * kLines / calls + 1; }
   // About n lines; nothing once the rows are done.
   void issue(int64_t n) {
     for (; n > 0 && row_ < end_; n -= kLines) {
@@ -421,6 +423,19 @@ class SegmentPrefetch {
   const int32_t* segs_ = nullptr;
   int nseg_ = 0, row_ = 0, end_ = 0, seg_ = 0;
 };
+
+// The distinct values of idx[k0, k1) (each in [0, n)), ascending: the segments a range of blocks packs.
+std::vector<int32_t> distinct_sorted(const int32_t* idx, int64_t k0, int64_t k1, int n) {
+  std::vector<uint8_t> seen(static_cast<size_t>(n), 0);
+  std::vector<int32_t> out;
+  for (int64_t k = k0; k < k1; ++k)
+    if (!seen[size_t(idx[k])]) {
+      seen[size_t(idx[k])] = 1;
+      out.push_back(idx[k]);
+    }
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 // Tasks [0, n) split into one contiguous range per thread. A thread takes its own range in order, so it
 // knows its likely next task and can fetch that task's inputs early; then it helps with the other ranges,
@@ -557,18 +572,8 @@ void spmm_run(const SpmmArgs& s) {
   const int ntasks = nrc * ncg;
   // The k-blocks each group of block columns reads, ascending: the A segments its tasks pack.
   std::vector<std::vector<int32_t>> used_of(static_cast<size_t>(ncg));
-  {
-    std::vector<uint8_t> seen(static_cast<size_t>(nkb));
-    for (int g = 0; g < ncg; ++g) {
-      std::fill(seen.begin(), seen.end(), 0);
-      for (int t = s.ptr[cut[size_t(g)]]; t < s.ptr[cut[size_t(g) + 1]]; ++t)
-        if (!seen[size_t(s.kidx[t])]) {
-          seen[size_t(s.kidx[t])] = 1;
-          used_of[size_t(g)].push_back(s.kidx[t]);
-        }
-      std::sort(used_of[size_t(g)].begin(), used_of[size_t(g)].end());
-    }
-  }
+  for (int g = 0; g < ncg; ++g)
+    used_of[size_t(g)] = distinct_sorted(s.kidx, s.ptr[cut[size_t(g)]], s.ptr[cut[size_t(g) + 1]], nkb);
   TaskRanges tasks(ntasks, threads);
 #pragma omp parallel if (threads > 1 && ntasks > 1)
   {
@@ -608,15 +613,16 @@ void spmm_run(const SpmmArgs& s) {
         const int nic = next / ncg, ng = next % ncg;
         const std::vector<int32_t>& nused = used_of[size_t(ng)];
         ahead.start(s.a, s.K, nused.data(), int(nused.size()), nic * rc, std::min(s.rows, (nic + 1) * rc));
+      } else {
+        ahead.stop();  // no known next task: nothing left over from an earlier one
       }
-      const int64_t quota = ahead.lines() / (int64_t(c1 - c0) * ntile) + 1;
+      const int64_t quota = ahead.share(int64_t(c1 - c0) * ntile);
       for (int cb = c0; cb < c1; ++cb)
         for (int tile = 0; tile < ntile; ++tile) {
           const int row = r0 + tile * R;
           spmm_tile<V, B, R>(s, pack.data() + tile * tile_floats, slot.data(), row, std::min(R, r1 - row), cb);
           ahead.issue(quota);
         }
-      for (int kb : used) slot[size_t(kb)] = -1;
     }
     if (s.stream) stream_fence();
   }
@@ -697,24 +703,26 @@ void sddmm_run(const SddmmArgs& s) {
   std::vector<int32_t> brow(static_cast<size_t>(nnzb));
   for (int bi = 0; bi < p.block_rows(); ++bi)
     for (int32_t k = p.row_ptr[size_t(bi)]; k < p.row_ptr[size_t(bi) + 1]; ++k) brow[size_t(k)] = bi;
-  // Block ranges of about equal count (every block costs the same: b²·rows).
-  auto block_cuts = [&](int groups) {
-    std::vector<int64_t> cut(size_t(groups) + 1);
-    for (int g = 0; g <= groups; ++g) cut[size_t(g)] = nnzb * g / groups;
-    return cut;
-  };
-  // Segments per row that blocks [k0, k1) pack: their distinct x block columns and dy block rows.
-  std::vector<uint8_t> seen_x(size_t(p.block_cols())), seen_g(size_t(p.block_rows()));
-  auto segments = [&](int64_t k0, int64_t k1) {
-    std::fill(seen_x.begin(), seen_x.end(), 0);
-    std::fill(seen_g.begin(), seen_g.end(), 0);
-    int64_t n = 0;
-    for (int64_t k = k0; k < k1; ++k) {
-      uint8_t &sx = seen_x[size_t(p.col_idx[size_t(k)])], &sg = seen_g[size_t(brow[size_t(k)])];
-      n += (sx == 0) + (sg == 0);
-      sx = sg = 1;
+  // The x block columns and dy block rows that each of `groups` block ranges of about equal count packs
+  // (every block costs the same: b²·rows).
+  struct Ranges {
+    std::vector<int64_t> cut;
+    std::vector<std::vector<int32_t>> xsegs, gsegs;
+    int64_t segments() const {  // segments per row, summed over the ranges
+      int64_t n = 0;
+      for (size_t g = 0; g < xsegs.size(); ++g) n += int64_t(xsegs[g].size() + gsegs[g].size());
+      return n;
     }
-    return n;
+  };
+  auto block_ranges = [&](int groups) {
+    Ranges r;
+    r.cut.resize(size_t(groups) + 1);
+    for (int g = 0; g <= groups; ++g) r.cut[size_t(g)] = nnzb * g / groups;
+    for (int g = 0; g < groups; ++g) {
+      r.xsegs.push_back(distinct_sorted(p.col_idx.data(), r.cut[size_t(g)], r.cut[size_t(g) + 1], p.block_cols()));
+      r.gsegs.push_back(distinct_sorted(brow.data(), r.cut[size_t(g)], r.cut[size_t(g) + 1], p.block_rows()));
+    }
+    return r;
   };
   // Two ways to share the work. One block range per thread: each thread packs the x columns (dy rows) its
   // blocks read, over all rows, so columns read by both ranges are packed twice. One row range per thread:
@@ -723,22 +731,26 @@ void sddmm_run(const SddmmArgs& s) {
   // chunk of kMinChunkRows rows of every segment would overflow the chunk budget (a chunk and the next
   // one's prefetched rows must share L2: measured, that costs more than the duplicate packing saves).
   constexpr int kMinChunkRows = 32;
+  const int groups_if_blocks = int(std::min<int64_t>(nnzb, threads));
+  Ranges ranges;
   int splits = 1;
   if (threads > 1 && s.rows >= 64 * threads) {
     if (nnzb < 8 * threads) {
       splits = threads;
     } else {
-      const std::vector<int64_t> cut = block_cuts(threads);
-      int64_t by_blocks = 0;
-      for (int g = 0; g < threads; ++g) by_blocks += segments(cut[size_t(g)], cut[size_t(g) + 1]);
-      const int64_t by_rows = segments(0, nnzb);
-      if (by_rows * B * 4 * kMinChunkRows <= kChunkBytes &&
-          double(s.rows) * by_rows * B + 2.0 * threads * p.value_count() < double(s.rows) * by_blocks * B)
+      Ranges by_blocks = block_ranges(groups_if_blocks), by_rows = block_ranges(1);
+      const int64_t seg_rows = by_rows.segments(), seg_blocks = by_blocks.segments();
+      if (seg_rows * B * 4 * kMinChunkRows <= kChunkBytes &&
+          double(s.rows) * seg_rows * B + 2.0 * threads * p.value_count() < double(s.rows) * seg_blocks * B) {
         splits = threads;
+        ranges = std::move(by_rows);
+      } else {
+        ranges = std::move(by_blocks);
+      }
     }
   }
-  const int groups = int(std::min<int64_t>(nnzb, splits > 1 ? 1 : threads));
-  const std::vector<int64_t> kcut = block_cuts(groups);
+  const int groups = splits > 1 ? 1 : groups_if_blocks;
+  if (ranges.cut.empty()) ranges = block_ranges(groups);
   // Partial sums of the row ranges after the first, kept across calls: every range has rows, so its first
   // chunk overwrites every value (no zeroing needed).
   thread_local std::vector<float> partial_cache;
@@ -749,27 +761,15 @@ void sddmm_run(const SddmmArgs& s) {
 #pragma omp parallel if (threads > 1 && ntasks > 1)
   {
     thread_local std::vector<float> xpan, gpan;  // kept across calls
-    std::vector<int32_t> xslot(size_t(p.block_cols()), -1), gslot(size_t(p.block_rows()), -1), xsegs, gsegs;
+    std::vector<int32_t> xslot(size_t(p.block_cols()), -1), gslot(size_t(p.block_rows()), -1);
     SegmentPrefetch<B> xahead, gahead;
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < ntasks; ++task) {
       const int sp = task / groups, g = task % groups;
       float* dv = sp == 0 ? s.dv : partial + size_t(sp - 1) * size_t(p.value_count());
       const int rs0 = int(int64_t(s.rows) * sp / splits), rs1 = int(int64_t(s.rows) * (sp + 1) / splits);
-      const int64_t k0 = kcut[size_t(g)], k1 = kcut[size_t(g) + 1];
-      xsegs.clear();
-      gsegs.clear();
-      for (int64_t k = k0; k < k1; ++k) {
-        const int bj = p.col_idx[size_t(k)], bi = brow[size_t(k)];
-        if (xslot[size_t(bj)] < 0) {
-          xslot[size_t(bj)] = 0;
-          xsegs.push_back(bj);
-        }
-        if (gslot[size_t(bi)] < 0) {
-          gslot[size_t(bi)] = 0;
-          gsegs.push_back(bi);
-        }
-      }
+      const int64_t k0 = ranges.cut[size_t(g)], k1 = ranges.cut[size_t(g) + 1];
+      const std::vector<int32_t>&xsegs = ranges.xsegs[size_t(g)], &gsegs = ranges.gsegs[size_t(g)];
       for (size_t j = 0; j < xsegs.size(); ++j) xslot[size_t(xsegs[j])] = int32_t(j);
       for (size_t j = 0; j < gsegs.size(); ++j) gslot[size_t(gsegs[j])] = int32_t(j);
       // Row chunk: the packed panels (rc × b per segment) stay in L2 while the task walks its blocks.
@@ -785,8 +785,7 @@ void sddmm_run(const SddmmArgs& s) {
         const int nr1 = std::min(rs1, r1 + rc);
         xahead.start(s.x, s.in, xsegs.data(), int(xsegs.size()), r1, nr1);
         gahead.start(s.dy, s.out, gsegs.data(), int(gsegs.size()), r1, nr1);
-        const int64_t calls = (k1 - k0) * (B / IT), qx = xahead.lines() / calls + 1,
-                      qg = gahead.lines() / calls + 1;
+        const int64_t calls = (k1 - k0) * (B / IT), qx = xahead.share(calls), qg = gahead.share(calls);
         for (int64_t k = k0; k < k1; ++k) {
           const float* xp = xpan.data() + int64_t(xslot[size_t(p.col_idx[size_t(k)])]) * n * B;
           const float* gp = gpan.data() + int64_t(gslot[size_t(brow[size_t(k)])]) * n * B;
@@ -798,8 +797,6 @@ void sddmm_run(const SddmmArgs& s) {
           }
         }
       }
-      for (int bj : xsegs) xslot[size_t(bj)] = -1;
-      for (int bi : gsegs) gslot[size_t(bi)] = -1;
     }
     // The row ranges' partial sums, in the same parallel region (after the loop's barrier).
     if (splits > 1) {
