@@ -318,10 +318,10 @@ std::string loadavg() {
 
 int run_json_cpu(const Options& o) {
   const int threads = omp_get_max_threads();
-  std::printf("# sparrow-bench-bsr: cpu (%s micro-kernels), %d threads, OpenBLAS sgemm baseline, fastest of >= 3 "
+  std::printf("# sparrow-bench-bsr: cpu (%s micro-kernels), %d threads, sgemm baseline %s, fastest of >= 3 "
               "runs over >= %.2f s (%s clock); load average at start: %s\n",
-              bsr_isa_name(bsr_isa_default()), threads, o.min_seconds, o.cpu_clock ? "thread CPU" : "wall",
-              loadavg().c_str());
+              bsr_isa_name(bsr_isa_default()), threads, blas_info().c_str(), o.min_seconds,
+              o.cpu_clock ? "thread CPU" : "wall", loadavg().c_str());
   std::vector<std::string> summary;
   for (const Shape& s : shapes(o.quick)) {
     if (!o.filter.empty() && s.name.find(o.filter) == std::string::npos) continue;

@@ -27,6 +27,7 @@
 #include "engine/base/device.h"
 #include "engine/base/error.h"
 #include "kernels/conv/conv.h"
+#include "kernels/gemm/gemm.h"
 #include "kernels/sparse/sparse_conv.h"
 
 #if SPARROW_HAS_CUDA
@@ -60,6 +61,9 @@ std::vector<Layer> bench_layers(int batch) {
       L("resnet20.s2 32-32 16x16", 32, 32, 16, 3, 1, 1),
       L("resnet20.s3 64-64 8x8", 64, 64, 8, 3, 1, 1),
       L("resnet20.down 16-32 32x32 s2", 16, 32, 32, 3, 2, 1),
+      L("vgg11.conv0 3-64 32x32", 3, 64, 32, 3, 1, 1),
+      L("vgg11.conv1 64-128 16x16", 64, 128, 16, 3, 1, 1),
+      L("vgg11.conv2 128-256 8x8", 128, 256, 8, 3, 1, 1),
       L("vgg11 128-256 16x16", 128, 256, 16, 3, 1, 1),
       L("vgg11 256-256 8x8", 256, 256, 8, 3, 1, 1),
       L("vgg11 512-512 4x4", 512, 512, 4, 3, 1, 1),
@@ -244,9 +248,10 @@ struct Options {
 };
 
 int run_json_cpu(const Options& o) {
-  std::printf("# sparrow-bench-sparse-conv: cpu, %d threads, batch %d, %s (fastest of >= 3 runs over >= %.2f s)\n",
+  std::printf("# sparrow-bench-sparse-conv: cpu, %d threads, batch %d, %s (fastest of >= 3 runs over >= %.2f s); "
+              "dense path: GEMM through %s\n",
               omp_get_max_threads(), o.batch, g_cpu_clock ? "process CPU time / threads" : "wall time",
-              o.min_seconds);
+              o.min_seconds, blas_info().c_str());
   std::vector<std::string> summary;
   for (const Layer& layer : bench_layers(o.batch)) {
     if (!o.filter.empty() && layer.name.find(o.filter) == std::string::npos) continue;

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/base/nvtx.h"
+#include "kernels/gemm/gemm.h"
 #include "engine/optim.h"
 #include "compress/criteria.h"
 #include "compress/mask.h"
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
                        {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"},
                        {"granularity", s > 0 ? gran.str() : "none"},
                        {"scope", s > 0 ? scope : "none"}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
+      if (dev == Device::CPU) j["blas"] = blas_info();  // the dense layers' GEMMs
       std::printf("%s\n", j.dump().c_str());
       if (breakdown) {
         nlohmann::json b{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"breakdown_ms_per_step", {}}};

@@ -34,9 +34,19 @@ find_library(SPARROW_BLAS_LIB NAMES openblas blas)
 if(NOT SPARROW_CBLAS_INCLUDE OR NOT SPARROW_BLAS_LIB)
   message(FATAL_ERROR "CBLAS not found: run scripts/install-deps.sh (libopenblas-openmp-dev)")
 endif()
+# Opened with dlopen by kernels/gemm/gemm_cpu.cpp, not linked: OpenBLAS picks its kernels when it is loaded,
+# and sparrow names them first where Debian's OpenBLAS does not know the CPU (see that file).
+# The runtime name (SONAME) beside the development link where there is one, so an installed binary needs
+# only the runtime package.
+get_filename_component(_sparrow_blas_dir ${SPARROW_BLAS_LIB} DIRECTORY)
+set(SPARROW_BLAS_RUNTIME ${SPARROW_BLAS_LIB})
+if(EXISTS ${_sparrow_blas_dir}/libopenblas.so.0)
+  set(SPARROW_BLAS_RUNTIME ${_sparrow_blas_dir}/libopenblas.so.0)
+endif()
 add_library(sparrow_blas INTERFACE)
 target_include_directories(sparrow_blas INTERFACE ${SPARROW_CBLAS_INCLUDE})
-target_link_libraries(sparrow_blas INTERFACE ${SPARROW_BLAS_LIB})
+target_compile_definitions(sparrow_blas INTERFACE SPARROW_BLAS_LIBRARY="${SPARROW_BLAS_RUNTIME}")
+target_link_libraries(sparrow_blas INTERFACE ${CMAKE_DL_LIBS})
 set(_sparrow_stb_paths "")
 foreach(_root ${_sparrow_dep_roots} /usr)
   list(APPEND _sparrow_stb_paths ${_root}/include/stb)

@@ -2,7 +2,16 @@
 // gemm_cpu goes to CBLAS (OpenBLAS); gemm_ref_cpu is the plain triple loop kept for tests.
 #pragma once
 
+#include <string>
+
 namespace sparrow {
+
+// The BLAS behind gemm_cpu, for benchmark output: e.g. "OpenBLAS 0.3.21 SkylakeX (kernel family chosen by
+// sparrow from the CPU's instruction sets)". Loads the library on first use, like the first gemm_cpu call.
+const std::string& blas_info();
+// The OpenBLAS kernel family sparrow asks for when OPENBLAS_CORETYPE is unset: "SkylakeX" on AVX-512
+// (F/BW/DQ/VL/CD), "Haswell" on AVX2 + FMA, null elsewhere (the library's own detection decides).
+const char* blas_kernel_family_for_cpu();
 
 // A: (ta ? k×m : m×k) with leading dim lda; B: (tb ? n×k : k×n) with ldb; C: m×n with ldc.
 template <typename T>

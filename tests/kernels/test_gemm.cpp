@@ -5,6 +5,8 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -31,6 +33,8 @@ const GemmCase kCases[] = {
     {1, 13, 7, true, true, -2.0, 0.25, 1},   {16, 144, 17, false, true, 1.0, 1.0, 0},
     {64, 65, 63, true, false, 1.5, -1.0, 5}, {33, 31, 129, false, false, 1.0, 0.0, 2},
     {7, 5, 1, true, true, 1.0, 0.0, 0},      {128, 96, 80, false, false, 1.0, 0.5, 0},
+    // Large enough for the library's packed, cache-blocked kernels, with edges in every dimension.
+    {300, 257, 515, false, true, 1.0, 0.0, 1}, {517, 130, 200, true, false, 1.0, 0.5, 0},
 };
 
 template <typename T>
@@ -109,6 +113,25 @@ TEST(Gemm, InsideParallelRegionMatchesReference) {
     expect_close(got.data() + s * m * n, ref.data(), m * n, 1e-5, 1e-5, "gemm_cpu in a parallel region");
     EXPECT_EQ(icv_after[s], icv_before[s]) << "gemm_cpu must restore the thread's nthreads ICV";
   }
+}
+
+// The library's constructor must have seen the kernel family sparrow named (a library loaded before main, as
+// a linked one is, would report its own fallback), and the environment must be left as the process got it.
+TEST(Gemm, BlasUsesTheKernelFamilyOfTheCpu) {
+  const char* before = std::getenv("OPENBLAS_CORETYPE");
+  const std::string before_value = before ? before : "";
+  const std::string& info = blas_info();
+  const char* after = std::getenv("OPENBLAS_CORETYPE");
+  EXPECT_EQ(before != nullptr, after != nullptr) << "OPENBLAS_CORETYPE left changed by loading the BLAS";
+  if (before && after) {
+    EXPECT_EQ(before_value, after);
+  }
+  if (info.find("chosen by sparrow") == std::string::npos)
+    GTEST_SKIP() << "sparrow did not name the kernels here: " << info;
+  const char* family = blas_kernel_family_for_cpu();
+  ASSERT_NE(family, nullptr) << info;
+  EXPECT_NE(info.find(std::string(" ") + family + " "), std::string::npos)
+      << "asked OpenBLAS for " << family << ", it runs: " << info;
 }
 
 // The shared helper itself: it must fail on a mismatch, on NaN and on an all-zero reference.
