@@ -50,9 +50,9 @@ Blas load_blas() {
   const char* path = SPARROW_BLAS_LIBRARY;
   const char* user_core = std::getenv("OPENBLAS_CORETYPE");
   const char* chosen = user_core ? nullptr : blas_kernel_family_for_cpu();
-  // Only this thread runs here (the first GEMM call; others wait on the static's guard), and the variable is
-  // removed again once the library's constructor has read it, so children and later code see the
-  // environment the process was started with.
+  // Runs once, at the first GEMM (other callers wait on the static's guard; sparrow's other getenv calls run
+  // on the model's thread, not beside it). The variable is removed again once the library's constructor has
+  // read it, so children and later code see the environment the process was started with.
   if (chosen) setenv("OPENBLAS_CORETYPE", chosen, 0);
   void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   const std::string err = lib ? "" : dlerror();
