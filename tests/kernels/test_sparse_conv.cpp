@@ -262,6 +262,9 @@ std::vector<Conv2dShape> awkward_shapes() {
       // Batches that end in a partial image group (small maps are processed several images at a time).
       shape(6, 8, 8, 8, 5, 3, 3, 1, 1),   shape(13, 3, 5, 5, 4, 1, 1, 1, 0), shape(9, 4, 4, 4, 3, 3, 3, 1, 1),
       shape(7, 3, 9, 9, 2, 3, 3, 2, 1),
+      // Planes of 4 vectors (8×8, 4×16) with enough kept weights for the row-padded pass, odd batches: image
+      // pairs in one tap loop, then the last image alone.
+      shape(3, 40, 8, 8, 24, 3, 3, 1, 1), shape(5, 24, 4, 16, 40, 3, 3, 1, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
       // Stride 1, output rows as wide as the input's, whole vectors per plane: the masked direct path, with
