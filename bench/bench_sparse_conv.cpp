@@ -57,6 +57,7 @@ std::vector<Layer> bench_layers(int batch) {
     return Layer{name, Conv2dShape{batch, cin, hw, hw, cout, k, k, stride, pad}};
   };
   return {
+      L("resnet20.stem 3-16 32x32", 3, 16, 32, 3, 1, 1),
       L("resnet20.s1 16-16 32x32", 16, 16, 32, 3, 1, 1),
       L("resnet20.s2 32-32 16x16", 32, 32, 16, 3, 1, 1),
       L("resnet20.s3 64-64 8x8", 64, 64, 8, 3, 1, 1),

@@ -61,6 +61,7 @@ int main(int argc, char** argv) {
   std::string kernels = "auto";
   std::string granularity = "unstructured";
   std::string scope = "global";
+  double crossover = -1;
   app.add_option("--model", model, "model name")->capture_default_str();
   app.add_option("--batch", batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "OpenMP threads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -75,9 +76,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--scope", scope, "global or layer (top-k over all prunable weights or per layer)")
       ->capture_default_str();
+  app.add_option("--sparse-crossover", crossover,
+                 "with --sparse-kernels auto: the density at or below which every conv layer takes the sparse "
+                 "kernel (default: the measured per-shape table, engine/sparse.cpp)")
+      ->check(CLI::Range(0.0, 1.0));
   CLI11_PARSE(app, argc, argv);
   try {
     omp_set_num_threads(threads);
+    if (crossover >= 0) set_sparse_kernel_crossover(crossover);
     const MaskGranularity gran = parse_granularity(granularity);
     const Scope prune_scope = parse_scope(scope);
     const Device dev = parse_device(device_name_opt);
@@ -118,11 +124,23 @@ int main(int argc, char** argv) {
       nlohmann::json j{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"batch", batch},
                        {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"},
                        {"granularity", s > 0 ? gran.str() : "none"},
-                       {"scope", s > 0 ? scope : "none"}, {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
+                       {"scope", s > 0 ? scope : "none"},
+                       {"sparse_crossover", crossover >= 0 ? nlohmann::json(crossover) : nlohmann::json("table")},
+                       {"img_per_s", std::round(10.0 * steps * batch / dt) / 10.0}};
       if (dev == Device::CPU) j["blas"] = blas_info();  // the dense layers' GEMMs
       std::printf("%s\n", j.dump().c_str());
       if (breakdown) {
         nlohmann::json b{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"breakdown_ms_per_step", {}}};
+        // Each conv layer's density and the kernel it ran (the crossover's choice).
+        nlohmann::json layers = nlohmann::json::array();
+        for (auto& [name, mod] : m->named_modules())
+          if (auto* conv = dynamic_cast<Conv2d*>(mod))
+            layers.push_back({{"layer", name},
+                              {"density", conv->is_sparse() ? std::round(1e3 * conv->sparse().density()) / 1e3 : 1.0},
+                              {"kernel", conv->uses_bsr_kernel(dev)      ? "bsr"
+                                         : conv->uses_sparse_kernel(dev) ? "sparse"
+                                                                         : "dense"}});
+        b["conv_layers"] = layers;
         for (auto& [name, e] : profiler_snapshot())
           b["breakdown_ms_per_step"][name] = std::round(1e4 * e.seconds / steps) / 10.0;
         std::printf("%s\n", b.dump().c_str());

@@ -285,7 +285,7 @@ bool Conv2d::uses_sparse_kernel(Device device) const {
   if (!is_sparse() || device != Device::CPU) return false;
   const SparseKernelMode mode = sparse_kernel_mode();
   return mode == SparseKernelMode::On ||
-         (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover());
+         (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover(cin, k, stride));
 }
 
 Tensor Conv2d::forward(const Tensor& x, ChannelMoments* moments) {

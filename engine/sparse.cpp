@@ -114,7 +114,7 @@ namespace sparrow {
 
 namespace {
 SparseKernelMode g_mode = SparseKernelMode::Auto;
-double g_crossover = 0.4;
+double g_crossover = -1.0;  // < 0: the shape table below
 }  // namespace
 
 void set_sparse_kernel_mode(SparseKernelMode mode) { g_mode = mode; }
@@ -125,10 +125,27 @@ SparseKernelMode parse_sparse_kernel_mode(const std::string& s) {
   if (s == "off") return SparseKernelMode::Off;
   SPARROW_FAIL("--sparse-kernels: expected auto, on or off, got '", s, "'");
 }
-double sparse_kernel_crossover() { return g_crossover; }
+// Step crossovers (forward + input gradient + weight gradient) measured with
+//   build/bin/sparrow-bench-sparse-conv --threads 2 --densities 1.0,0.7,0.5,0.35 --min-time 0.3
+// (batch 128, OpenBLAS SkylakeX GEMMs for the dense path, Xeon with AVX-512, 2 cores): cin·9 = 27 (ResNet-20
+// stem 3-16 32×32, VGG-11 conv0 3-64 32×32) and 144 (ResNet-20 stage 1, 16-16 32×32): sparse faster even at
+// density 1 (1.2–3.2× per pass); 288 (stage 2, 32-32 16×16): 0.82; 576 (stage 3, 64-64 8×8): 0.60, and
+// VGG-11 conv1 (64-128 16×16): 0.63; 1152 and above (VGG-11 conv2 and later): 0.36–0.52, where 0.4 stays.
+// The stride-2 ResNet-20 entry (16-32, 144 inputs per output) crosses at 0.45, so strided layers keep 0.4.
+// Each entry sits below the measured crossovers it covers.
+double sparse_kernel_crossover(int cin, int k, int stride) {
+  if (g_crossover >= 0) return g_crossover;
+  const int64_t fan_in = int64_t(cin) * k * k;
+  if (k != 3 || stride != 1) return 0.4;
+  if (fan_in <= 160) return 1.0;
+  if (fan_in <= 320) return 0.75;
+  if (fan_in <= 640) return 0.55;
+  return 0.4;
+}
 void set_sparse_kernel_crossover(double density) {
   SPARROW_CHECK(density >= 0 && density <= 1, "sparse kernel crossover density ", density, " outside [0, 1]");
   g_crossover = density;
 }
+void clear_sparse_kernel_crossover() { g_crossover = -1.0; }
 
 }  // namespace sparrow

@@ -40,14 +40,19 @@ Tensor gather_at(const Tensor& dense, const Tensor& pattern);
 namespace sparrow {
 
 // Which kernels fixed-pattern conv layers use (--sparse-kernels): Auto picks the direct sparse kernel when
-// the layer's density is at most sparse_kernel_crossover() (measured by sparrow-bench-sparse-conv: below
-// ~0.4 sparse beats our dense path in every ResNet-20 / VGG-11 layer and pass), On always uses it, Off
-// always runs the masked-dense reference (scatter the values, dense conv).
+// the layer's density is at most sparse_kernel_crossover(cin, k, stride), On always uses it, Off always
+// runs the masked-dense reference (scatter the values, dense conv).
 enum class SparseKernelMode { Auto, On, Off };
 void set_sparse_kernel_mode(SparseKernelMode mode);
 SparseKernelMode sparse_kernel_mode();
 SparseKernelMode parse_sparse_kernel_mode(const std::string& s);  // "auto" | "on" | "off"
-double sparse_kernel_crossover();
+// The crossover density of a cin-input k×k conv layer of that stride, as measured by
+// sparrow-bench-sparse-conv: 0.4 in general (below it sparse beats our dense path in every ResNet-20 /
+// VGG-11 layer and pass), higher for 3×3 stride-1 layers with few inputs per output (cin·9 ≤ 640), whose
+// dense GEMM is small in its reduction dimension and runs far from the BLAS peak (table in sparse.cpp).
+// set_sparse_kernel_crossover(d) makes it d for every layer, until clear_sparse_kernel_crossover().
+double sparse_kernel_crossover(int cin, int k, int stride);
 void set_sparse_kernel_crossover(double density);
+void clear_sparse_kernel_crossover();
 
 }  // namespace sparrow

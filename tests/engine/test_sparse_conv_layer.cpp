@@ -12,7 +12,10 @@ using namespace sparrow;
 namespace {
 struct ModeGuard {
   SparseKernelMode saved = sparse_kernel_mode();
-  ~ModeGuard() { set_sparse_kernel_mode(saved); }
+  ~ModeGuard() {
+    set_sparse_kernel_mode(saved);
+    clear_sparse_kernel_crossover();
+  }
 };
 
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
@@ -85,20 +88,52 @@ INSTANTIATE_TEST_SUITE_P(Layers, SparseConvLayer,
                                            Case{8, 12, 1, 1, 0, false, 0.5}, Case{3, 4, 3, 1, 0, true, 0.05},
                                            Case{6, 6, 3, 2, 0, false, 0.02}));
 
+// A conv layer of the given shape with every `keep_every`-th weight kept.
+std::unique_ptr<Conv2d> sparse_conv_layer(int cin, int cout, int k, int stride, int keep_every) {
+  Rng r(1);
+  auto conv = std::make_unique<Conv2d>(cin, cout, k, stride, k / 2, false, r);
+  Tensor mask = Tensor::zeros(conv->weight.shape());
+  for (int64_t i = 0; i < mask.numel(); i += keep_every) mask.data<float>()[i] = 1.f;
+  conv->make_sparse(mask);
+  return conv;
+}
+
 TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   ModeGuard guard;
-  Rng r(1);
-  Conv2d conv(4, 4, 3, 1, 1, false, r);
-  Tensor mask = Tensor::zeros(conv.weight.shape());
-  for (int64_t i = 0; i < mask.numel(); i += 4) mask.data<float>()[i] = 1.f;  // density 0.25
-  conv.make_sparse(mask);
   set_sparse_kernel_mode(SparseKernelMode::Auto);
-  EXPECT_TRUE(conv.uses_sparse_kernel(Device::CPU));
+  // The measured table: 3×3 stride-1 layers with few inputs per output take the sparse kernel at higher
+  // densities than the general 0.4.
+  EXPECT_EQ(sparse_kernel_crossover(3, 3, 1), 1.0);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1), 1.0);
+  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.75);
+  EXPECT_EQ(sparse_kernel_crossover(64, 3, 1), 0.55);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 2), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(16, 1, 1), 0.4);
+  auto c4 = sparse_conv_layer(4, 4, 3, 1, 1);  // density 1, 36 inputs per output
+  EXPECT_TRUE(c4->uses_sparse_kernel(Device::CPU));
+  EXPECT_FALSE(c4->uses_sparse_kernel(Device::CUDA));  // CPU kernels only
+  auto c64 = sparse_conv_layer(64, 8, 3, 1, 2);  // density 0.5, 576 inputs per output
+  EXPECT_TRUE(c64->uses_sparse_kernel(Device::CPU));
+  auto c128 = sparse_conv_layer(128, 4, 3, 1, 2);  // density 0.5, 1152 inputs per output
+  EXPECT_FALSE(c128->uses_sparse_kernel(Device::CPU));
+  auto s2 = sparse_conv_layer(16, 8, 3, 2, 2);  // density 0.5, stride 2
+  EXPECT_FALSE(s2->uses_sparse_kernel(Device::CPU));
+  // A set crossover applies to every layer until cleared.
+  auto quarter = sparse_conv_layer(4, 4, 3, 1, 4);  // density 0.25
   set_sparse_kernel_crossover(0.2);
-  EXPECT_FALSE(conv.uses_sparse_kernel(Device::CPU));
-  set_sparse_kernel_crossover(0.4);
+  EXPECT_FALSE(quarter->uses_sparse_kernel(Device::CPU));
+  EXPECT_FALSE(c4->uses_sparse_kernel(Device::CPU));
+  set_sparse_kernel_crossover(0.6);
+  EXPECT_TRUE(c128->uses_sparse_kernel(Device::CPU));
+  clear_sparse_kernel_crossover();
+  EXPECT_TRUE(quarter->uses_sparse_kernel(Device::CPU));
+  EXPECT_FALSE(c128->uses_sparse_kernel(Device::CPU));
+  EXPECT_THROW(set_sparse_kernel_crossover(1.5), Error);
   set_sparse_kernel_mode(SparseKernelMode::Off);
-  EXPECT_FALSE(conv.uses_sparse_kernel(Device::CPU));
+  EXPECT_FALSE(quarter->uses_sparse_kernel(Device::CPU));
+  set_sparse_kernel_mode(SparseKernelMode::On);
+  EXPECT_TRUE(c128->uses_sparse_kernel(Device::CPU));
   EXPECT_THROW(parse_sparse_kernel_mode("fast"), Error);
 }
 
