@@ -131,15 +131,17 @@ int main(int argc, char** argv) {
       std::printf("%s\n", j.dump().c_str());
       if (breakdown) {
         nlohmann::json b{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"breakdown_ms_per_step", {}}};
-        // Each conv layer's density and the kernel it ran (the crossover's choice).
+        // Each conv layer's density and the kernel it ran (the crossover's choice; "direct (all kept)": a dense
+        // layer on the sparse kernel with its full pattern).
         nlohmann::json layers = nlohmann::json::array();
         for (auto& [name, mod] : m->named_modules())
           if (auto* conv = dynamic_cast<Conv2d*>(mod))
             layers.push_back({{"layer", name},
                               {"density", conv->is_sparse() ? std::round(1e3 * conv->sparse().density()) / 1e3 : 1.0},
-                              {"kernel", conv->uses_bsr_kernel(dev)      ? "bsr"
-                                         : conv->uses_sparse_kernel(dev) ? "sparse"
-                                                                         : "dense"}});
+                              {"kernel", conv->uses_bsr_kernel(dev)             ? "bsr"
+                                         : conv->uses_sparse_kernel(dev)        ? "sparse"
+                                         : conv->uses_direct_dense_kernel(dev) ? "direct (all kept)"
+                                                                                : "dense"}});
         b["conv_layers"] = layers;
         for (auto& [name, e] : profiler_snapshot())
           b["breakdown_ms_per_step"][name] = std::round(1e4 * e.seconds / steps) / 10.0;

@@ -288,6 +288,12 @@ bool Conv2d::uses_sparse_kernel(Device device) const {
          (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover(cin, k, stride));
 }
 
+bool Conv2d::uses_direct_dense_kernel(Device device) const {
+  return !is_sparse() && device == Device::CPU && sparse_kernel_mode() == SparseKernelMode::Auto &&
+         sparse_kernel_crossover(cin, k, stride) >= 1.0 &&
+         (weight.dtype() == DType::F32 || weight.dtype() == DType::F64);
+}
+
 Tensor Conv2d::forward(const Tensor& x, ChannelMoments* moments) {
   if (moments) moments->count = 0;
   Tensor y;
@@ -303,6 +309,15 @@ Tensor Conv2d::forward(const Tensor& x, ChannelMoments* moments) {
       kernel_pattern_key_ = key;
     }
     y = sparse_conv2d(x, sw.values, kernel_pattern_, bias, moments);
+  } else if (uses_direct_dense_kernel(x.device())) {
+    const std::shared_ptr<TensorImpl>& key = weight.impl_ptr();
+    if (!kernel_pattern_ || kernel_pattern_key_.lock() != key) {
+      const Conv2dShape s{1, cin, k, k, cout, k, k, stride, pad};
+      const std::vector<float> all(size_t(weight.numel()), 1.0f);
+      kernel_pattern_ = std::make_shared<const SparseConvPattern>(sparse_conv_pattern_from_mask(s, all.data()));
+      kernel_pattern_key_ = key;
+    }
+    y = sparse_conv2d(x, weight, kernel_pattern_, bias, moments);
   } else {
     y = conv2d(x, forward_weight(), bias, stride, pad);
   }

@@ -133,11 +133,16 @@ class Conv2d : public WeightLayer {
   // Whether the mode and density allow the direct sparse kernel (sparse layer, CPU); forward() runs it
   // unless uses_bsr_kernel() takes the layer first.
   bool uses_sparse_kernel(Device device) const;
+  // Whether a dense layer runs the direct kernel with every weight kept (CPU, mode Auto, and a shape whose
+  // crossover is 1: the direct kernel beats our dense GEMM path at every density); its value vector is then
+  // the weight tensor itself (a full pattern lists the weights in their dense order).
+  bool uses_direct_dense_kernel(Device device) const;
   int cin, cout, k, stride, pad;
 
  private:
   // The kernel's compressed pattern, built on first use from the layer's pattern and rebuilt when it
-  // changes (keyed by the pattern tensor's impl, held weakly as for the BSR layout).
+  // changes (keyed by the pattern tensor's impl, held weakly as for the BSR layout); for the direct dense
+  // kernel, the full pattern, keyed by the weight's impl.
   mutable std::shared_ptr<const SparseConvPattern> kernel_pattern_;
   mutable std::weak_ptr<TensorImpl> kernel_pattern_key_;
 };

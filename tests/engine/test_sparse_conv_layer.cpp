@@ -181,8 +181,14 @@ TEST(SparseConvLayer, ConvBnReluWithMomentsMatchesSeparateModules) {
   Tensor x = Tensor::randn({2, 4, 5, 5}, r);
   ChannelMoments m;
   m.count = 99;
+  set_sparse_kernel_mode(SparseKernelMode::Off);  // a dense layer on the GEMM path
   conv.forward(x, &m);
-  EXPECT_EQ(m.count, 0);  // dense layer
+  EXPECT_EQ(m.count, 0);
+  set_sparse_kernel_mode(SparseKernelMode::Auto);  // the same layer on the direct kernel (36 inputs per output)
+  ASSERT_TRUE(conv.uses_direct_dense_kernel(Device::CPU));
+  conv.forward(x, &m);
+  EXPECT_EQ(m.count, 2 * 5 * 5);
+  m.count = 99;
   Tensor mask = Tensor::ones(conv.weight.shape());
   for (int64_t i = 0; i < mask.numel(); i += 2) mask.data<float>()[i] = 0.f;
   conv.make_sparse(mask);
@@ -190,4 +196,46 @@ TEST(SparseConvLayer, ConvBnReluWithMomentsMatchesSeparateModules) {
   conv.forward(x, &m);
   EXPECT_EQ(m.count, 2 * 5 * 5);
   EXPECT_EQ(m.mean.size(), 4u);
+}
+
+// A dense layer whose shape the direct kernel wins at every density runs it with the full pattern in mode
+// Auto; output, input gradient and weight / bias gradients equal the GEMM path's through SGD steps, with an
+// odd batch and map. Layers with many inputs per output, strided ones and other modes keep the GEMM path.
+TEST(SparseKernelMode, DenseLayerOnTheDirectKernelMatchesTheGemmPath) {
+  ModeGuard guard;
+  set_sparse_kernel_mode(SparseKernelMode::Auto);
+  Rng r1(5), r2(5), rng(3);
+  Conv2d direct(16, 12, 3, 1, 1, true, r1), gemm(16, 12, 3, 1, 1, true, r2);
+  ASSERT_TRUE(direct.uses_direct_dense_kernel(Device::CPU));
+  EXPECT_FALSE(direct.uses_direct_dense_kernel(Device::CUDA));
+  EXPECT_FALSE(direct.uses_sparse_kernel(Device::CPU));  // not a sparse layer
+  {
+    Rng r(1);
+    EXPECT_FALSE(Conv2d(32, 8, 3, 1, 1, false, r).uses_direct_dense_kernel(Device::CPU));  // 288 inputs
+    EXPECT_FALSE(Conv2d(3, 8, 3, 2, 1, false, r).uses_direct_dense_kernel(Device::CPU));   // stride 2
+    EXPECT_FALSE(Conv2d(3, 8, 1, 1, 0, false, r).uses_direct_dense_kernel(Device::CPU));   // 1×1
+  }
+  Sgd od(direct.parameters(), {0.05, 0.9, 0.0, 5e-4, true}), og(gemm.parameters(), {0.05, 0.9, 0.0, 5e-4, true});
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    Tensor x = Tensor::randn({3, 16, 11, 9}, rng);
+    Tensor xd = x.clone().set_requires_grad(true), xg = x.clone().set_requires_grad(true);
+    set_sparse_kernel_mode(SparseKernelMode::Auto);
+    Tensor yd = direct.forward(xd);
+    set_sparse_kernel_mode(SparseKernelMode::Off);
+    ASSERT_FALSE(gemm.uses_direct_dense_kernel(Device::CPU));
+    Tensor yg = gemm.forward(xg);
+    EXPECT_LE(max_rel(yd.to_vector<float>(), yg.to_vector<float>()), 1e-5);
+    const Tensor gy = Tensor::randn(yd.shape(), rng);
+    od.zero_grad();
+    og.zero_grad();
+    yd.backward(gy);
+    yg.backward(gy);
+    EXPECT_LE(max_rel(xd.grad().to_vector<float>(), xg.grad().to_vector<float>()), 1e-5);
+    EXPECT_LE(max_rel(direct.weight.grad().to_vector<float>(), gemm.weight.grad().to_vector<float>()), 1e-5);
+    EXPECT_LE(max_rel(direct.bias.grad().to_vector<float>(), gemm.bias.grad().to_vector<float>()), 1e-5);
+    od.step();
+    og.step();
+  }
+  EXPECT_LE(max_rel(direct.weight.to_vector<float>(), gemm.weight.to_vector<float>()), 1e-5);
 }
