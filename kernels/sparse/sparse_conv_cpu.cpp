@@ -1671,6 +1671,167 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
                           float* dvalues, float* dbias) {
   with_tiny_size(s.h, [&](auto h) { backward_weight_tiny_h<decltype(h)::value>(s, p, x, dy, dvalues, dbias); });
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Strip path (AVX-512, float): stride-1 3×3 pad-1 convolutions on maps 8 or 16 wide, batch-minor as the
+// tiny-map path (16 images per vector, every load one whole aligned vector) for maps too large to hold in
+// registers. The copy [channel][1 + H + 1 rows][W][16 images] has a zero row above and below each plane, so
+// the row a kept weight (ky, kx) reads is one offset (ky·W·16 past the strip's first row) and only the
+// columns that fall off the map depend on it, at compile time through kx. The output is computed in strips
+// of R = 16 / W rows (16 pixel accumulators in registers). Source channels are blocked so that one strip's
+// rows of a block stay in L1 while every destination channel of the range runs its taps over them (a
+// strip of an 8-wide map reads 4 rows of 8 pixels: 2 KB per channel). The row-padded pass it replaces is
+// bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip.
+bool strip_eligible(const Conv2dShape& s) {
+  return s.stride == 1 && s.kh == 3 && s.kw == 3 && s.pad == 1 && (s.w == 8 || s.w == 16) &&
+         s.h % (16 / s.w) == 0 && int64_t(std::max(s.cin, s.cout)) * (s.h + 2) * s.w * 16 < INT32_MAX;
+}
+
+// acc[p] += Σ_t val[t]·src[off[t] + 16·(p + DX)] for the n taps of one column shift DX = kx − 1, pixels p of
+// a strip of 16 / W rows whose column p mod W + DX is on the map.
+template <int W, int DX, int P>
+SPARROW_ALWAYS_INLINE void strip_fma(__m512* acc, __m512 v, const float* x) {
+  if constexpr (P % W + DX >= 0 && P % W + DX < W) acc[P] = _mm512_fmadd_ps(v, _mm512_load_ps(x + 16 * (P + DX)), acc[P]);
+}
+template <int W, int DX, int... P>
+SPARROW_ALWAYS_INLINE void strip_taps(__m512* acc, const float* src, const int32_t* off, const float* val, int64_t n,
+                                      std::integer_sequence<int, P...>) {
+  for (int64_t t = 0; t < n; ++t) {
+    const __m512 v = _mm512_set1_ps(val[t]);
+    const float* x = src + off[t];
+    (strip_fma<W, DX, P>(acc, v, x), ...);
+  }
+}
+
+// Images [n0, n0 + count) of src (N × ch × H·W) into the strip copy (data rows 1..H of each plane; the
+// zero rows and, past count, the zero lanes are written here too).
+void to_strip_copy(const float* src, int ch, int h, int w, int n0, int count, float* dst) {
+  const int64_t P = int64_t(h) * w, plane = int64_t(h + 2) * w * 16;
+  for (int c = 0; c < ch; ++c) {
+    float* d = dst + c * plane;
+    zero_row(d, int64_t(w) * 16);
+    transpose_matrix<float>(count, P, src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, d + w * 16, 16);
+    if (count < 16)
+      for (int64_t p = 0; p < P; ++p) zero_row(d + (w + p) * 16 + count, 16 - count);
+    zero_row(d + (int64_t(h) + 1) * w * 16, int64_t(w) * 16);
+  }
+}
+
+// Whether the strip path beats the row-padded / masked ones. Few kept weights per call (a destination
+// channel's taps in one L1 block of source channels, over one strip) leave the per-call accumulator loads and
+// stores and the loop exits to dominate, and at low density the transposes in and out too. Measured against
+// them (sparrow-bench-sparse-conv --threads 1 --clock cpu, binaries interleaved, 2–3 rounds, strip / old):
+// - 8 wide, by kept weights per source channel (nnz / src_ch): VGG-11 256-256 and 128-256 at 5–65% (58–1500)
+//   0.52–0.95, at 2% (46) 1.12–1.56; ResNet-20 64-64 at 31–65% 0.58–0.68, at 10% (58) 0.92–1.01, at 7% (40)
+//   1.04–1.13. So from 64.
+// - 16 wide, by density (the row-padded pass has 8-vector spans there): at 45–65% 0.68–0.91 (ResNet-20
+//   32-32, VGG-11 64-128 and 128-256), at 31% 0.73–1.03, at 20% 0.82–1.21, at 10% 0.98–1.63. So from 0.3.
+bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
+  if (!strip_eligible(s)) return false;
+  return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
+}
+
+// dst[n][c][p] = init(c) + Σ over c's taps of val·src[n][ch][p + (ky − 1)·W + kx − 1] (off the map: 0), for
+// the forward (src = x over the pattern's rows) and the input gradient (src = dy over its columns, the
+// filter flipped). tap(k) = {source channel, ky, kx} of the caller's entry k.
+template <int W, typename TapOf>
+void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, const std::vector<int64_t>& ptr,
+                TapOf tap, const float* val_of_k, double density, const float* bias, float* dst,
+                ChannelMoments* moments, const char* op) {
+  constexpr int R = 16 / W;
+  const int H = s.h, strips = H / R;
+  const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
+  // Per (destination channel, source block) the taps sorted by kx (stable): seg[(c·nblk + b)·3 + kx].
+  const Tiling t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
+  const int nblk = t.nblk;
+  const int64_t nnz = ptr[size_t(dst_ch)];
+  std::vector<int64_t> seg(size_t(dst_ch) * nblk * 3 + 1, 0), run(static_cast<size_t>(nnz));
+  std::vector<int32_t> off_of(static_cast<size_t>(nnz));
+  for (int c = 0; c < dst_ch; ++c)
+    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
+      const auto [ch, ky, kx] = tap(k);
+      run[size_t(k)] = (int64_t(c) * nblk + ch / t.block) * 3 + kx;
+      off_of[size_t(k)] = int32_t(ch * plane + int64_t(ky) * W * 16);
+      ++seg[size_t(run[size_t(k)]) + 1];
+    }
+  for (size_t i = 1; i < seg.size(); ++i) seg[i] += seg[i - 1];
+  std::vector<int32_t> off(static_cast<size_t>(nnz));
+  std::vector<float> val(static_cast<size_t>(nnz));
+  {
+    std::vector<int64_t> pos(seg.begin(), seg.end() - 1);
+    for (int64_t k = 0; k < nnz; ++k) {
+      const int64_t i = pos[size_t(run[size_t(k)])]++;
+      off[size_t(i)] = off_of[size_t(k)];
+      val[size_t(i)] = val_of_k[k];
+    }
+  }
+  const int blocks = (s.n + 15) / 16;
+  const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
+  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
+  parallel_ranges(blocks, prefix, [&](int tid, int, int64_t first, int64_t last) {
+    float* xt = thread_scratch<float>(size_t(src_ch) * size_t(plane), 0);
+    float* yt = thread_scratch<float>(size_t(dst_ch) * size_t(P) * 16, 1);
+    MomentPiece* piece = nullptr;
+    if (moments) {
+      pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
+      piece = pieces[size_t(tid)].data();
+    }
+    for_each_group(first, last, dst_ch, [&](int g, int ca, int cb) {
+      const int n0 = g * 16, count = std::min(16, s.n - n0);
+      to_strip_copy(src, src_ch, H, W, n0, count, xt);
+      for (int b = 0; b < nblk; ++b)
+        for (int st = 0; st < strips; ++st) {
+          const float* xs = xt + int64_t(st) * R * W * 16;
+          for (int c = ca; c < cb; ++c) {
+            const int64_t* sg = seg.data() + (size_t(c) * nblk + b) * 3;
+            if (b > 0 && sg[3] == sg[0]) continue;
+            float* o = yt + (int64_t(c - ca) * P + int64_t(st) * R * W) * 16;
+            __m512 acc[16];
+            for (int q = 0; q < 16; ++q)
+              acc[q] = b > 0 ? _mm512_load_ps(o + 16 * q) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
+            constexpr auto pix = std::make_integer_sequence<int, 16>{};
+            if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off.data() + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
+            if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off.data() + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
+            if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off.data() + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
+            for (int q = 0; q < 16; ++q) _mm512_store_ps(o + 16 * q, acc[q]);
+          }
+        }
+      from_batch_minor(yt, dst_ch, ca, cb, int(P), n0, count, dst);
+      if (piece)
+        for (int l = 0; l < count; ++l)
+          for (int c = ca; c < cb; ++c) piece[c].add(dst + (int64_t(n0 + l) * dst_ch + c) * P, P);
+    });
+  });
+  if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
+}
+
+template <typename F>
+inline void with_strip_width(int w, F&& f) {
+  if (w == 8) f(IntC<8>{});
+  else if (w == 16) f(IntC<16>{});
+}
+
+void forward_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
+                   const float* bias, float* y, ChannelMoments* moments) {
+  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  with_strip_width(s.w, [&](auto w) {
+    strip_pass<decltype(w)::value>(s, s.cin, s.cout, x, p.row_ptr, tap, values, p.density(), bias, y, moments,
+                                   "sparse_conv2d_forward_cpu");
+  });
+}
+
+void backward_input_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* dy,
+                          float* dx) {
+  const ColumnTaps ct = column_taps(s, p, values);
+  auto tap = [&](int64_t e) {
+    const int32_t k = p.col_entry[size_t(e)];
+    return Tap{ct.row_of[size_t(k)], 2 - p.tap_ky[size_t(k)], 2 - p.tap_kx[size_t(k)]};
+  };
+  with_strip_width(s.w, [&](auto w) {
+    strip_pass<decltype(w)::value>(s, s.cout, s.cin, dy, p.col_ptr, tap, ct.val.data(), p.density(), nullptr, dx,
+                                   nullptr, "sparse_conv2d_backward_input_cpu");
+  });
+}
 #endif
 
 }  // namespace
@@ -1821,6 +1982,7 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return forward_tiny(s, p, values, x, bias, y, moments);
+    if (use_strip(s, p, s.cin)) return forward_strip(s, p, values, x, bias, y, moments);
     if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
     if (rowpad_eligible(s)) return forward_rowpad(s, p, values, x, bias, y, moments);
   }
@@ -1888,6 +2050,7 @@ void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPatt
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_input_tiny(s, p, values, dy, dx);
+    if (use_strip(s, p, s.cout)) return backward_input_strip(s, p, values, dy, dx);
     if (use_masked<T>(s, p, MaskedPass::InputGrad)) return backward_input_masked(s, p, values, dy, dx);
     if (rowpad_eligible(s)) return backward_input_rowpad(s, p, values, dy, dx);
   }
