@@ -285,17 +285,19 @@ bool Conv2d::uses_sparse_kernel(Device device) const {
   if (!is_sparse() || device != Device::CPU) return false;
   const SparseKernelMode mode = sparse_kernel_mode();
   return mode == SparseKernelMode::On ||
-         (mode == SparseKernelMode::Auto && sparse().density() <= sparse_kernel_crossover(cin, k, stride));
+         (mode == SparseKernelMode::Auto &&
+          sparse().density() <= sparse_kernel_crossover(cin, k, stride, last_input_width));
 }
 
 bool Conv2d::uses_direct_dense_kernel(Device device) const {
   return !is_sparse() && device == Device::CPU && sparse_kernel_mode() == SparseKernelMode::Auto &&
-         sparse_kernel_crossover(cin, k, stride) >= 1.0 &&
+         sparse_kernel_crossover(cin, k, stride, last_input_width) >= 1.0 &&
          (weight.dtype() == DType::F32 || weight.dtype() == DType::F64);
 }
 
 Tensor Conv2d::forward(const Tensor& x, ChannelMoments* moments) {
   if (moments) moments->count = 0;
+  if (x.dim() == 4) last_input_width = int(x.size(3));
   Tensor y;
   if (uses_bsr_kernel(x.device())) {
     y = bsr_conv2d(x, sparse().values, bsr_layout(), bias, {k, k, stride, pad});

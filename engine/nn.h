@@ -138,6 +138,8 @@ class Conv2d : public WeightLayer {
   // the weight tensor itself (a full pattern lists the weights in their dense order).
   bool uses_direct_dense_kernel(Device device) const;
   int cin, cout, k, stride, pad;
+  // The input width of the last forward(), which the crossover depends on (0 before the first).
+  int last_input_width = 0;
 
  private:
   // The kernel's compressed pattern, built on first use from the layer's pattern and rebuilt when it

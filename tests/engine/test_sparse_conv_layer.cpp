@@ -101,20 +101,31 @@ std::unique_ptr<Conv2d> sparse_conv_layer(int cin, int cout, int k, int stride, 
 TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   ModeGuard guard;
   set_sparse_kernel_mode(SparseKernelMode::Auto);
-  // The measured table: 3×3 stride-1 layers with few inputs per output take the sparse kernel at higher
-  // densities than the general 0.4.
+  // The measured table: 3×3 stride-1 layers with few inputs per output, and those on maps 8 or 16 wide,
+  // take the sparse kernel at higher densities than the general 0.4.
   EXPECT_EQ(sparse_kernel_crossover(3, 3, 1), 1.0);
-  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1), 1.0);
-  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.75);
-  EXPECT_EQ(sparse_kernel_crossover(64, 3, 1), 0.55);
-  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1), 0.4);
-  EXPECT_EQ(sparse_kernel_crossover(16, 3, 2), 0.4);
-  EXPECT_EQ(sparse_kernel_crossover(16, 1, 1), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1, 32), 1.0);
+  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.4);  // width not known
+  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1, 16), 0.9);
+  EXPECT_EQ(sparse_kernel_crossover(64, 3, 1, 8), 0.65);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 8), 0.55);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(16, 1, 1, 16), 0.4);
   auto c4 = sparse_conv_layer(4, 4, 3, 1, 1);  // density 1, 36 inputs per output
   EXPECT_TRUE(c4->uses_sparse_kernel(Device::CPU));
   EXPECT_FALSE(c4->uses_sparse_kernel(Device::CUDA));  // CPU kernels only
-  auto c64 = sparse_conv_layer(64, 8, 3, 1, 2);  // density 0.5, 576 inputs per output
+  // Density 0.5, 576 inputs per output: the sparse kernel on 8-wide maps (the layer keeps the width of its
+  // last input), the dense path on 32-wide ones.
+  auto c64 = sparse_conv_layer(64, 8, 3, 1, 2);
+  EXPECT_FALSE(c64->uses_sparse_kernel(Device::CPU));
+  Rng xr(2);
+  c64->forward(Tensor::randn({1, 64, 8, 8}, xr));
+  EXPECT_EQ(c64->last_input_width, 8);
   EXPECT_TRUE(c64->uses_sparse_kernel(Device::CPU));
+  c64->forward(Tensor::randn({1, 64, 32, 32}, xr));
+  EXPECT_FALSE(c64->uses_sparse_kernel(Device::CPU));
   auto c128 = sparse_conv_layer(128, 4, 3, 1, 2);  // density 0.5, 1152 inputs per output
   EXPECT_FALSE(c128->uses_sparse_kernel(Device::CPU));
   auto s2 = sparse_conv_layer(16, 8, 3, 2, 2);  // density 0.5, stride 2
