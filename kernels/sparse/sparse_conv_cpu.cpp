@@ -1681,7 +1681,9 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
 // of R = 16 / W rows (16 pixel accumulators in registers). Source channels are blocked so that one strip's
 // rows of a block stay in L1 while every destination channel of the range runs its taps over them (a
 // strip of an 8-wide map reads 4 rows of 8 pixels: 2 KB per channel). The row-padded pass it replaces is
-// bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip.
+// bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip. All
+// three passes: the weight gradient holds a strip's 16 dy vectors in registers and takes one dot product
+// per kept weight against the strip copy of x.
 bool strip_eligible(const Conv2dShape& s) {
   return s.stride == 1 && s.kh == 3 && s.kw == 3 && s.pad == 1 && (s.w == 8 || s.w == 16) &&
          s.h % (16 / s.w) == 0 && int64_t(std::max(s.cin, s.cout)) * (s.h + 2) * s.w * 16 < INT32_MAX;
@@ -1726,9 +1728,52 @@ void to_strip_copy(const float* src, int ch, int h, int w, int n0, int count, fl
 //   1.04–1.13. So from 64.
 // - 16 wide, by density (the row-padded pass has 8-vector spans there): at 45–65% 0.68–0.91 (ResNet-20
 //   32-32, VGG-11 64-128 and 128-256), at 31% 0.73–1.03, at 20% 0.82–1.21, at 10% 0.98–1.63. So from 0.3.
+// The weight gradient (same command, against the padded and row-padded dot products) with the same rule:
+// 8 wide 0.48–0.61 (VGG-11 layers from 5%, ResNet-20 64-64 at 31% and 65%), 16 wide 0.53–0.66 at 31–65%.
+// Repeated runs of one binary on this shared machine differ by up to 15%, so only the large ratios count.
 bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
   if (!strip_eligible(s)) return false;
   return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
+}
+
+// Per (destination channel, L1 block of source channels) the taps sorted by kx, stable:
+// seg[(c·nblk + b)·3 + kx] is the first sorted tap of that run (seg.back() = nnz), off its offset in the strip
+// copy past the strip's first row (source channel plane + ky rows), order the caller's index.
+struct StripPlan {
+  Tiling t;
+  std::vector<int64_t> seg;
+  std::vector<int32_t> off, order;
+};
+
+template <int W, typename TapOf>
+StripPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
+                     double density) {
+  constexpr int R = 16 / W;
+  const int64_t plane = int64_t(s.h + 2) * W * 16;
+  StripPlan pl;
+  pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
+  const int nblk = pl.t.nblk;
+  const int64_t nnz = ptr[size_t(dst_ch)];
+  pl.seg.assign(size_t(dst_ch) * nblk * 3 + 1, 0);
+  std::vector<int64_t> run(static_cast<size_t>(nnz));
+  std::vector<int32_t> off_of(static_cast<size_t>(nnz));
+  for (int c = 0; c < dst_ch; ++c)
+    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
+      const auto [ch, ky, kx] = tap(k);
+      run[size_t(k)] = (int64_t(c) * nblk + ch / pl.t.block) * 3 + kx;
+      off_of[size_t(k)] = int32_t(ch * plane + int64_t(ky) * W * 16);
+      ++pl.seg[size_t(run[size_t(k)]) + 1];
+    }
+  for (size_t i = 1; i < pl.seg.size(); ++i) pl.seg[i] += pl.seg[i - 1];
+  pl.off.resize(size_t(nnz));
+  pl.order.resize(size_t(nnz));
+  std::vector<int64_t> pos(pl.seg.begin(), pl.seg.end() - 1);
+  for (int64_t k = 0; k < nnz; ++k) {
+    const int64_t i = pos[size_t(run[size_t(k)])]++;
+    pl.off[size_t(i)] = off_of[size_t(k)];
+    pl.order[size_t(i)] = int32_t(k);
+  }
+  return pl;
 }
 
 // dst[n][c][p] = init(c) + Σ over c's taps of val·src[n][ch][p + (ky − 1)·W + kx − 1] (off the map: 0), for
@@ -1741,30 +1786,10 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
   constexpr int R = 16 / W;
   const int H = s.h, strips = H / R;
   const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
-  // Per (destination channel, source block) the taps sorted by kx (stable): seg[(c·nblk + b)·3 + kx].
-  const Tiling t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
-  const int nblk = t.nblk;
-  const int64_t nnz = ptr[size_t(dst_ch)];
-  std::vector<int64_t> seg(size_t(dst_ch) * nblk * 3 + 1, 0), run(static_cast<size_t>(nnz));
-  std::vector<int32_t> off_of(static_cast<size_t>(nnz));
-  for (int c = 0; c < dst_ch; ++c)
-    for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
-      const auto [ch, ky, kx] = tap(k);
-      run[size_t(k)] = (int64_t(c) * nblk + ch / t.block) * 3 + kx;
-      off_of[size_t(k)] = int32_t(ch * plane + int64_t(ky) * W * 16);
-      ++seg[size_t(run[size_t(k)]) + 1];
-    }
-  for (size_t i = 1; i < seg.size(); ++i) seg[i] += seg[i - 1];
-  std::vector<int32_t> off(static_cast<size_t>(nnz));
-  std::vector<float> val(static_cast<size_t>(nnz));
-  {
-    std::vector<int64_t> pos(seg.begin(), seg.end() - 1);
-    for (int64_t k = 0; k < nnz; ++k) {
-      const int64_t i = pos[size_t(run[size_t(k)])]++;
-      off[size_t(i)] = off_of[size_t(k)];
-      val[size_t(i)] = val_of_k[k];
-    }
-  }
+  const StripPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
+  const int nblk = pl.t.nblk;
+  std::vector<float> val(pl.order.size());
+  for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
   std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
@@ -1783,16 +1808,17 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
         for (int st = 0; st < strips; ++st) {
           const float* xs = xt + int64_t(st) * R * W * 16;
           for (int c = ca; c < cb; ++c) {
-            const int64_t* sg = seg.data() + (size_t(c) * nblk + b) * 3;
+            const int64_t* sg = pl.seg.data() + (size_t(c) * nblk + b) * 3;
             if (b > 0 && sg[3] == sg[0]) continue;
             float* o = yt + (int64_t(c - ca) * P + int64_t(st) * R * W) * 16;
             __m512 acc[16];
             for (int q = 0; q < 16; ++q)
               acc[q] = b > 0 ? _mm512_load_ps(o + 16 * q) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
             constexpr auto pix = std::make_integer_sequence<int, 16>{};
-            if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off.data() + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
-            if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off.data() + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
-            if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off.data() + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
+            const int32_t* off = pl.off.data();
+            if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
+            if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
+            if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
             for (int q = 0; q < 16; ++q) _mm512_store_ps(o + 16 * q, acc[q]);
           }
         }
@@ -1831,6 +1857,91 @@ void backward_input_strip(const Conv2dShape& s, const SparseConvPattern& p, cons
     strip_pass<decltype(w)::value>(s, s.cout, s.cin, dy, p.col_ptr, tap, ct.val.data(), p.density(), nullptr, dx,
                                    nullptr, "sparse_conv2d_backward_input_cpu");
   });
+}
+
+// res[order[t]] += Σ_p Σ_lanes d[p]·src[off[t] + 16·(p + DX)] over a strip's pixels p whose column
+// p mod W + DX is on the map, for the n taps of one column shift; four taps at a time (eight FMA chains),
+// reduced together by hsum4.
+template <int W, int DX, int P>
+SPARROW_ALWAYS_INLINE void strip_dot_fma(const __m512* d, const float* x, __m512* acc2) {
+  if constexpr (P % W + DX >= 0 && P % W + DX < W)
+    acc2[P % 2] = _mm512_fmadd_ps(d[P], _mm512_load_ps(x + 16 * (P + DX)), acc2[P % 2]);
+}
+template <int W, int DX, int... P>
+SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const int32_t* off, const int32_t* order,
+                                      int64_t n, float* res, std::integer_sequence<int, P...>) {
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    __m512 a0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a1[2] = {a0[0], a0[0]}, a2[2] = {a0[0], a0[0]},
+           a3[2] = {a0[0], a0[0]};
+    const float *x0 = src + off[t], *x1 = src + off[t + 1], *x2 = src + off[t + 2], *x3 = src + off[t + 3];
+    ((strip_dot_fma<W, DX, P>(d, x0, a0), strip_dot_fma<W, DX, P>(d, x1, a1), strip_dot_fma<W, DX, P>(d, x2, a2),
+      strip_dot_fma<W, DX, P>(d, x3, a3)),
+     ...);
+    alignas(16) float sum[4];
+    _mm_store_ps(sum, hsum4(_mm512_add_ps(a0[0], a0[1]), _mm512_add_ps(a1[0], a1[1]),
+                            _mm512_add_ps(a2[0], a2[1]), _mm512_add_ps(a3[0], a3[1])));
+    for (int i = 0; i < 4; ++i) res[order[t + i]] += sum[i];
+  }
+  for (; t < n; ++t) {
+    __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    (strip_dot_fma<W, DX, P>(d, src + off[t], a), ...);
+    res[order[t]] += hsum<float>(_mm512_add_ps(a[0], a[1]));
+  }
+}
+
+// dvalues[k] = Σ_n Σ_p dy[n][co][p]·x[n][ci][p + (ky − 1)·W + kx − 1] on the strip layout: per (block of 16
+// images, L1 block of input channels, strip, output channel) the strip's 16 dy vectors are held in
+// registers and each kept weight is one dot product against the strip copy of x; per-thread partial sums
+// reduced in thread order (WgradPartials), as the tiny-map weight gradient.
+template <int W>
+void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
+                             float* dvalues, float* dbias) {
+  constexpr int R = 16 / W;
+  const int H = s.h, strips = H / R;
+  const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
+  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  const StripPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
+  const int nblk = pl.t.nblk;
+  const int blocks = (s.n + 15) / 16;
+  const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
+  WgradPartials<float> sums(p.nnz, s.cout, dbias != nullptr);
+  parallel_ranges(blocks, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
+    float* acc = sums.values(tid, parts);
+    float* xt = thread_scratch<float>(size_t(s.cin) * size_t(plane), 0);
+    float* dyt = thread_scratch<float>(size_t(s.cout) * size_t(P) * 16, 1);
+    double* dbt = sums.bias(tid);
+    for_each_group(first, last, s.cout, [&](int g, int ca, int cb) {
+      const int n0 = g * 16, count = std::min(16, s.n - n0);
+      to_strip_copy(x, s.cin, H, W, n0, count, xt);
+      to_batch_minor(dy, s.cout, int(P), n0, count, dyt);
+      if (dbt)
+        for (int l = 0; l < count; ++l)
+          for (int co = ca; co < cb; ++co) dbt[co] += plane_sum(dy + (int64_t(n0 + l) * s.cout + co) * P, P);
+      constexpr auto pix = std::make_integer_sequence<int, 16>{};
+      for (int b = 0; b < nblk; ++b)
+        for (int st = 0; st < strips; ++st) {
+          const float* xs = xt + int64_t(st) * R * W * 16;
+          for (int co = ca; co < cb; ++co) {
+            const int64_t* sg = pl.seg.data() + (size_t(co) * nblk + b) * 3;
+            if (sg[3] == sg[0]) continue;
+            __m512 d[16];
+            const float* dp = dyt + (int64_t(co) * P + int64_t(st) * R * W) * 16;
+            for (int q = 0; q < 16; ++q) d[q] = _mm512_load_ps(dp + 16 * q);
+            const int32_t *off = pl.off.data(), *order = pl.order.data();
+            if (sg[1] > sg[0]) strip_dots<W, -1>(d, xs, off + sg[0], order + sg[0], sg[1] - sg[0], acc, pix);
+            if (sg[2] > sg[1]) strip_dots<W, 0>(d, xs, off + sg[1], order + sg[1], sg[2] - sg[1], acc, pix);
+            if (sg[3] > sg[2]) strip_dots<W, 1>(d, xs, off + sg[2], order + sg[2], sg[3] - sg[2], acc, pix);
+          }
+        }
+    });
+  });
+  sums.finish(dvalues, dbias);
+}
+
+void backward_weight_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
+                           float* dvalues, float* dbias) {
+  with_strip_width(s.w, [&](auto w) { backward_weight_strip_w<decltype(w)::value>(s, p, x, dy, dvalues, dbias); });
 }
 #endif
 
@@ -2132,6 +2243,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_weight_tiny(s, p, x, dy, dvalues, dbias);
+    if (use_strip(s, p, s.cin)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
     if (use_masked<T>(s, p, MaskedPass::WeightGrad)) return backward_weight_masked(s, p, x, dy, dvalues, dbias);
     if (rowpad_eligible(s) && s.w >= 16) return backward_weight_rowpad(s, p, x, dy, dvalues, dbias);
   }

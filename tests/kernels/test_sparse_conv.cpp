@@ -265,7 +265,7 @@ std::vector<Conv2dShape> awkward_shapes() {
       // Planes of 4 vectors (8×8, 4×16), odd batches: at 10% the row-padded pass (image pairs in one tap
       // loop, then the last image alone), at 50% and 100% the batch-minor strip pass (one partial block of 16).
       shape(3, 48, 8, 8, 48, 3, 3, 1, 1), shape(5, 24, 4, 16, 40, 3, 3, 1, 1),
-      // The strip pass over two image blocks (the second partial), non-square maps 8 and 16 wide, and source
+      // The strip passes over two image blocks (the second partial), non-square maps 8 and 16 wide, and source
       // channels in several L1 blocks.
       shape(19, 20, 6, 8, 24, 3, 3, 1, 1), shape(17, 20, 5, 16, 12, 3, 3, 1, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
