@@ -47,7 +47,7 @@ void set_sparse_kernel_mode(SparseKernelMode mode);
 SparseKernelMode sparse_kernel_mode();
 SparseKernelMode parse_sparse_kernel_mode(const std::string& s);  // "auto" | "on" | "off"
 // The crossover density of a cin-input k×k conv layer of that stride on maps `width` wide (0: not known),
-// as measured by sparrow-bench-sparse-conv: 0.4 in general (below it sparse beats our dense path in every
+// as measured by sparrow-bench-sparse-conv: 0.35 in general (below it sparse beats our dense path in every
 // ResNet-20 / VGG-11 layer and pass), higher for 3×3 stride-1 layers with few inputs per output (cin·9 ≤
 // 160: the dense GEMM is small in its reduction dimension and runs far from the BLAS peak) and on maps 8 or
 // 16 wide (the batch-minor strip kernels); table in sparse.cpp. set_sparse_kernel_crossover(d) makes it d

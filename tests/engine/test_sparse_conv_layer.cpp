@@ -102,17 +102,17 @@ TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   ModeGuard guard;
   set_sparse_kernel_mode(SparseKernelMode::Auto);
   // The measured table: 3×3 stride-1 layers with few inputs per output, and those on maps 8 or 16 wide,
-  // take the sparse kernel at higher densities than the general 0.4.
+  // take the sparse kernel at higher densities than the general 0.35.
   EXPECT_EQ(sparse_kernel_crossover(3, 3, 1), 1.0);
   EXPECT_EQ(sparse_kernel_crossover(16, 3, 1, 32), 1.0);
-  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.4);  // width not known
+  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.35);  // width not known
   EXPECT_EQ(sparse_kernel_crossover(32, 3, 1, 16), 0.9);
   EXPECT_EQ(sparse_kernel_crossover(64, 3, 1, 8), 0.65);
-  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 8), 0.55);
-  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.4);
-  EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.4);
-  EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.4);
-  EXPECT_EQ(sparse_kernel_crossover(16, 1, 1, 16), 0.4);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 8), 0.5);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.35);
+  EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.35);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.35);
+  EXPECT_EQ(sparse_kernel_crossover(16, 1, 1, 16), 0.35);
   auto c4 = sparse_conv_layer(4, 4, 3, 1, 1);  // density 1, 36 inputs per output
   EXPECT_TRUE(c4->uses_sparse_kernel(Device::CPU));
   EXPECT_FALSE(c4->uses_sparse_kernel(Device::CUDA));  // CPU kernels only
