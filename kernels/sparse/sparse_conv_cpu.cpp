@@ -1502,43 +1502,83 @@ void from_batch_minor(const float* src, int ch, int ca, int cb, int P, int n0, i
                             int64_t(ch) * P);
 }
 
-// Per destination channel, its taps (entries [ptr[c], ptr[c + 1]) of the caller's list, tap(k) = {source
-// channel, class}) sorted by (source block, class), stable: seg[(c·nblk + b)·9 + cls] is the first sorted
-// tap of that run (seg.back() = nnz), off the source channel's offset in the batch-minor copy, order the
-// caller's index.
-struct TinyPlan {
+// The taps of a batch-minor pass grouped into runs: seg[r] is the first sorted tap of run r (seg.back() =
+// nnz), off its offset in the pass's copy of the source, order the caller's index; t the source-channel
+// blocking. Filled by sort_taps from each tap's run and offset, stable within a run.
+struct TapPlan {
   Tiling t;
   std::vector<int64_t> seg;
   std::vector<int32_t> off, order;
 };
 
+void sort_taps(TapPlan& pl, size_t runs, const std::vector<int64_t>& run, const std::vector<int32_t>& off_of) {
+  const size_t nnz = run.size();
+  pl.seg.assign(runs + 1, 0);
+  for (size_t k = 0; k < nnz; ++k) ++pl.seg[size_t(run[k]) + 1];
+  for (size_t i = 1; i < pl.seg.size(); ++i) pl.seg[i] += pl.seg[i - 1];
+  std::vector<int64_t> pos(pl.seg.begin(), pl.seg.end() - 1);
+  pl.off.resize(nnz);
+  pl.order.resize(nnz);
+  for (size_t k = 0; k < nnz; ++k) {  // in caller order: stable within each run
+    const int64_t i = pos[size_t(run[k])]++;
+    pl.off[size_t(i)] = off_of[k];
+    pl.order[size_t(i)] = int32_t(k);
+  }
+}
+
+// Per destination channel, its taps (entries [ptr[c], ptr[c + 1]) of the caller's list, tap(k) = {source
+// channel, class}) in runs by (source block, class): run (c·nblk + b)·9 + cls, off the source channel's
+// offset in the batch-minor copy.
+
 template <typename TapOf>
-TinyPlan tiny_plan(int P, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap, double density) {
-  TinyPlan pl;
+TapPlan tiny_plan(int P, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap, double density) {
+  TapPlan pl;
   pl.t = make_tiling<float>(int64_t(P) * 16, 0, 1, src_ch, density * 9, kL2TileBytes);
   const int nblk = pl.t.nblk;
   const int64_t nnz = ptr[size_t(dst_ch)];
-  pl.seg.assign(size_t(dst_ch) * nblk * 9 + 1, 0);
-  // Each tap's run and source channel, computed once (tap(k) is an indirect lookup for the input gradient).
+  // Each tap's run and offset, computed once (tap(k) is an indirect lookup for the input gradient).
   std::vector<int64_t> run(static_cast<size_t>(nnz));
-  std::vector<int32_t> src_of(static_cast<size_t>(nnz));
+  std::vector<int32_t> off_of(static_cast<size_t>(nnz));
   for (int c = 0; c < dst_ch; ++c)
     for (int64_t k = ptr[size_t(c)]; k < ptr[size_t(c) + 1]; ++k) {
       const auto [ch, cls] = tap(k);
       run[size_t(k)] = (int64_t(c) * nblk + ch / pl.t.block) * 9 + cls;
-      src_of[size_t(k)] = ch;
-      ++pl.seg[size_t(run[size_t(k)]) + 1];
+      off_of[size_t(k)] = ch * P * 16;
     }
-  for (size_t i = 1; i < pl.seg.size(); ++i) pl.seg[i] += pl.seg[i - 1];
-  std::vector<int64_t> pos(pl.seg.begin(), pl.seg.end() - 1);
-  pl.off.resize(size_t(nnz));
-  pl.order.resize(size_t(nnz));
-  for (int64_t k = 0; k < nnz; ++k) {  // in caller order: stable within each run
-    const int64_t i = pos[size_t(run[size_t(k)])]++;
-    pl.off[size_t(i)] = src_of[size_t(k)] * P * 16;
-    pl.order[size_t(i)] = int32_t(k);
-  }
+  sort_taps(pl, size_t(dst_ch) * nblk * 9, run, off_of);
   return pl;
+}
+
+// The frame of the batch-minor passes (tiny maps, strips): groups of 16 images split over the threads by the
+// cost of their destination channels, each group's source copied into thread scratch (src_floats) by
+// copy_in(n0, count, xt), destination channels [ca, cb) computed into yt (P·16 floats a channel, images
+// minor) by body(xt, yt, ca, cb), then written back image-major, with dst's batch-norm moments when asked.
+template <typename CopyIn, typename Body>
+void batch_minor_pass(const Conv2dShape& s, int dst_ch, const std::vector<int64_t>& ptr, int64_t P,
+                      size_t src_floats, float* dst, ChannelMoments* moments, const char* op, CopyIn copy_in,
+                      Body body) {
+  const int blocks = (s.n + 15) / 16;
+  const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
+  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
+  parallel_ranges(blocks, prefix, [&](int tid, int, int64_t first, int64_t last) {
+    float* xt = thread_scratch<float>(src_floats, 0);
+    float* yt = thread_scratch<float>(size_t(dst_ch) * size_t(P) * 16, 1);
+    MomentPiece* piece = nullptr;
+    if (moments) {
+      pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
+      piece = pieces[size_t(tid)].data();
+    }
+    for_each_group(first, last, dst_ch, [&](int g, int ca, int cb) {
+      const int n0 = g * 16, count = std::min(16, s.n - n0);
+      copy_in(n0, count, xt);
+      body(static_cast<const float*>(xt), yt, ca, cb);
+      from_batch_minor(yt, dst_ch, ca, cb, int(P), n0, count, dst);
+      if (piece)
+        for (int l = 0; l < count; ++l)
+          for (int c = ca; c < cb; ++c) piece[c].add(dst + (int64_t(n0 + l) * dst_ch + c) * P, P);
+    });
+  });
+  if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
 }
 
 // dst[n][c][p] = init(c) + Σ over c's taps of val·src[n][ch][source pixel of p], as rowpad_pass: the forward
@@ -1548,49 +1588,33 @@ void tiny_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, c
                TapOf tap, const float* val_of_k, double density, const float* bias, float* dst,
                ChannelMoments* moments, const char* op) {
   constexpr int P = H * H;
-  const TinyPlan pl = tiny_plan(P, src_ch, dst_ch, ptr, tap, density);
+  const TapPlan pl = tiny_plan(P, src_ch, dst_ch, ptr, tap, density);
   const Tiling& t = pl.t;
   std::vector<float> val(pl.order.size());
   for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
-  const int blocks = (s.n + 15) / 16;
-  const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
-  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
-  parallel_ranges(blocks, prefix, [&](int tid, int, int64_t first, int64_t last) {
-    float* xt = thread_scratch<float>(size_t(src_ch) * P * 16, 0);
-    float* yt = thread_scratch<float>(size_t(dst_ch) * P * 16, 1);
-    MomentPiece* piece = nullptr;
-    if (moments) {
-      pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
-      piece = pieces[size_t(tid)].data();
-    }
-    for_each_group(first, last, dst_ch, [&](int g, int ca, int cb) {
-      const int n0 = g * 16, count = std::min(16, s.n - n0);
-      to_batch_minor(src, src_ch, P, n0, count, xt);
-      for (int b = 0; b < t.nblk; ++b)
-        for (int c = ca; c < cb; ++c) {
-          const int64_t* sg = pl.seg.data() + (size_t(c) * t.nblk + b) * 9;
-          if (b > 0 && sg[9] == sg[0]) continue;
-          float* o = yt + int64_t(c - ca) * P * 16;
-          __m512 acc[P];
-          for (int p = 0; p < P; ++p)
-            acc[p] = b > 0 ? _mm512_load_ps(o + 16 * p) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
-          for (int cls = 0; cls < 9; ++cls) {
-            if (sg[cls + 1] == sg[cls]) continue;
-            with_tiny_class(cls, [&](auto dy, auto dx) {
-              tiny_taps<H, decltype(dy)::value, decltype(dx)::value>(acc, xt, pl.off.data() + sg[cls],
-                                                                     val.data() + sg[cls], sg[cls + 1] - sg[cls],
-                                                                     std::make_integer_sequence<int, P>{});
-            });
+  batch_minor_pass(
+      s, dst_ch, ptr, P, size_t(src_ch) * P * 16, dst, moments, op,
+      [&](int n0, int count, float* xt) { to_batch_minor(src, src_ch, P, n0, count, xt); },
+      [&](const float* xt, float* yt, int ca, int cb) {
+        for (int b = 0; b < t.nblk; ++b)
+          for (int c = ca; c < cb; ++c) {
+            const int64_t* sg = pl.seg.data() + (size_t(c) * t.nblk + b) * 9;
+            if (b > 0 && sg[9] == sg[0]) continue;
+            float* o = yt + int64_t(c - ca) * P * 16;
+            __m512 acc[P];
+            for (int p = 0; p < P; ++p)
+              acc[p] = b > 0 ? _mm512_load_ps(o + 16 * p) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
+            for (int cls = 0; cls < 9; ++cls) {
+              if (sg[cls + 1] == sg[cls]) continue;
+              with_tiny_class(cls, [&](auto dy, auto dx) {
+                tiny_taps<H, decltype(dy)::value, decltype(dx)::value>(acc, xt, pl.off.data() + sg[cls],
+                                                                       val.data() + sg[cls], sg[cls + 1] - sg[cls],
+                                                                       std::make_integer_sequence<int, P>{});
+              });
+            }
+            for (int p = 0; p < P; ++p) _mm512_store_ps(o + 16 * p, acc[p]);
           }
-          for (int p = 0; p < P; ++p) _mm512_store_ps(o + 16 * p, acc[p]);
-        }
-      from_batch_minor(yt, dst_ch, ca, cb, P, n0, count, dst);
-      if (piece)
-        for (int l = 0; l < count; ++l)
-          for (int c = ca; c < cb; ++c) piece[c].add(dst + (int64_t(n0 + l) * dst_ch + c) * P, P);
-    });
-  });
-  if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
+      });
 }
 
 // {source channel, class} of kept weight k, for the passes over the pattern's rows.
@@ -1629,7 +1653,7 @@ void backward_weight_tiny_h(const Conv2dShape& s, const SparseConvPattern& p, co
                             float* dvalues, float* dbias) {
   constexpr int P = H * H;
   auto tap = [&](int64_t k) { return tiny_row_tap(p, k); };
-  const TinyPlan pl = tiny_plan(P, s.cin, s.cout, p.row_ptr, tap, p.density());
+  const TapPlan pl = tiny_plan(P, s.cin, s.cout, p.row_ptr, tap, p.density());
   const Tiling& t = pl.t;
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
@@ -1736,25 +1760,18 @@ bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
   return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
 }
 
-// Per (destination channel, L1 block of source channels) the taps sorted by kx, stable:
-// seg[(c·nblk + b)·3 + kx] is the first sorted tap of that run (seg.back() = nnz), off its offset in the strip
-// copy past the strip's first row (source channel plane + ky rows), order the caller's index.
-struct StripPlan {
-  Tiling t;
-  std::vector<int64_t> seg;
-  std::vector<int32_t> off, order;
-};
+// Per (destination channel, L1 block of source channels) the taps in runs by kx: run (c·nblk + b)·3 + kx,
+// off the tap's offset in the strip copy past the strip's first row (source channel plane + ky rows).
 
 template <int W, typename TapOf>
-StripPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
-                     double density) {
+TapPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
+                   double density) {
   constexpr int R = 16 / W;
   const int64_t plane = int64_t(s.h + 2) * W * 16;
-  StripPlan pl;
+  TapPlan pl;
   pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
   const int nblk = pl.t.nblk;
   const int64_t nnz = ptr[size_t(dst_ch)];
-  pl.seg.assign(size_t(dst_ch) * nblk * 3 + 1, 0);
   std::vector<int64_t> run(static_cast<size_t>(nnz));
   std::vector<int32_t> off_of(static_cast<size_t>(nnz));
   for (int c = 0; c < dst_ch; ++c)
@@ -1762,17 +1779,8 @@ StripPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::ve
       const auto [ch, ky, kx] = tap(k);
       run[size_t(k)] = (int64_t(c) * nblk + ch / pl.t.block) * 3 + kx;
       off_of[size_t(k)] = int32_t(ch * plane + int64_t(ky) * W * 16);
-      ++pl.seg[size_t(run[size_t(k)]) + 1];
     }
-  for (size_t i = 1; i < pl.seg.size(); ++i) pl.seg[i] += pl.seg[i - 1];
-  pl.off.resize(size_t(nnz));
-  pl.order.resize(size_t(nnz));
-  std::vector<int64_t> pos(pl.seg.begin(), pl.seg.end() - 1);
-  for (int64_t k = 0; k < nnz; ++k) {
-    const int64_t i = pos[size_t(run[size_t(k)])]++;
-    pl.off[size_t(i)] = off_of[size_t(k)];
-    pl.order[size_t(i)] = int32_t(k);
-  }
+  sort_taps(pl, size_t(dst_ch) * nblk * 3, run, off_of);
   return pl;
 }
 
@@ -1786,49 +1794,33 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
   constexpr int R = 16 / W;
   const int H = s.h, strips = H / R;
   const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
-  const StripPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
+  const TapPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
   const int nblk = pl.t.nblk;
   std::vector<float> val(pl.order.size());
   for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
-  const int blocks = (s.n + 15) / 16;
-  const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
-  std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
-  parallel_ranges(blocks, prefix, [&](int tid, int, int64_t first, int64_t last) {
-    float* xt = thread_scratch<float>(size_t(src_ch) * size_t(plane), 0);
-    float* yt = thread_scratch<float>(size_t(dst_ch) * size_t(P) * 16, 1);
-    MomentPiece* piece = nullptr;
-    if (moments) {
-      pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
-      piece = pieces[size_t(tid)].data();
-    }
-    for_each_group(first, last, dst_ch, [&](int g, int ca, int cb) {
-      const int n0 = g * 16, count = std::min(16, s.n - n0);
-      to_strip_copy(src, src_ch, H, W, n0, count, xt);
-      for (int b = 0; b < nblk; ++b)
-        for (int st = 0; st < strips; ++st) {
-          const float* xs = xt + int64_t(st) * R * W * 16;
-          for (int c = ca; c < cb; ++c) {
-            const int64_t* sg = pl.seg.data() + (size_t(c) * nblk + b) * 3;
-            if (b > 0 && sg[3] == sg[0]) continue;
-            float* o = yt + (int64_t(c - ca) * P + int64_t(st) * R * W) * 16;
-            __m512 acc[16];
-            for (int q = 0; q < 16; ++q)
-              acc[q] = b > 0 ? _mm512_load_ps(o + 16 * q) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
-            constexpr auto pix = std::make_integer_sequence<int, 16>{};
-            const int32_t* off = pl.off.data();
-            if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
-            if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
-            if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
-            for (int q = 0; q < 16; ++q) _mm512_store_ps(o + 16 * q, acc[q]);
+  batch_minor_pass(
+      s, dst_ch, ptr, P, size_t(src_ch) * size_t(plane), dst, moments, op,
+      [&](int n0, int count, float* xt) { to_strip_copy(src, src_ch, H, W, n0, count, xt); },
+      [&](const float* xt, float* yt, int ca, int cb) {
+        for (int b = 0; b < nblk; ++b)
+          for (int st = 0; st < strips; ++st) {
+            const float* xs = xt + int64_t(st) * R * W * 16;
+            for (int c = ca; c < cb; ++c) {
+              const int64_t* sg = pl.seg.data() + (size_t(c) * nblk + b) * 3;
+              if (b > 0 && sg[3] == sg[0]) continue;
+              float* o = yt + (int64_t(c - ca) * P + int64_t(st) * R * W) * 16;
+              __m512 acc[16];
+              for (int q = 0; q < 16; ++q)
+                acc[q] = b > 0 ? _mm512_load_ps(o + 16 * q) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
+              constexpr auto pix = std::make_integer_sequence<int, 16>{};
+              const int32_t* off = pl.off.data();
+              if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
+              if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
+              if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
+              for (int q = 0; q < 16; ++q) _mm512_store_ps(o + 16 * q, acc[q]);
+            }
           }
-        }
-      from_batch_minor(yt, dst_ch, ca, cb, int(P), n0, count, dst);
-      if (piece)
-        for (int l = 0; l < count; ++l)
-          for (int c = ca; c < cb; ++c) piece[c].add(dst + (int64_t(n0 + l) * dst_ch + c) * P, P);
-    });
-  });
-  if (moments) finish_moments(pieces, dst_ch, int64_t(s.n) * P, moments, op);
+      });
 }
 
 template <typename F>
@@ -1901,7 +1893,7 @@ void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, c
   const int H = s.h, strips = H / R;
   const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
   auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
-  const StripPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
+  const TapPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
   const int nblk = pl.t.nblk;
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
