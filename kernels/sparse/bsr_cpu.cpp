@@ -732,9 +732,7 @@ void sddmm_run(const SddmmArgs& s) {
   // Two ways to share the work. One block range per thread: each thread packs the x columns (dy rows) its
   // blocks read, over all rows, so columns read by both ranges are packed twice. One row range per thread:
   // every segment is packed once, into per-thread partial sums (no atomics) reduced at the end. The rows
-  // are split when that packs less, counting the reduction, and always with few blocks; but not when a
-  // chunk of kMinChunkRows rows of every segment would overflow the chunk budget (a chunk and the next
-  // one's prefetched rows must share L2: measured, that costs more than the duplicate packing saves).
+  // are split when that packs less, counting the reduction, and always with few blocks.
   constexpr int kMinChunkRows = 32;
   const int groups_if_blocks = int(std::min<int64_t>(nnzb, threads));
   Ranges ranges;
@@ -745,8 +743,7 @@ void sddmm_run(const SddmmArgs& s) {
     } else {
       Ranges by_blocks = block_ranges(groups_if_blocks), by_rows = block_ranges(1);
       const int64_t seg_rows = by_rows.segments(), seg_blocks = by_blocks.segments();
-      if (seg_rows * B * 4 * kMinChunkRows <= kChunkBytes &&
-          double(s.rows) * seg_rows * B + 2.0 * threads * p.value_count() < double(s.rows) * seg_blocks * B) {
+      if (double(s.rows) * seg_rows * B + 2.0 * threads * p.value_count() < double(s.rows) * seg_blocks * B) {
         splits = threads;
         ranges = std::move(by_rows);
       } else {
@@ -777,17 +774,27 @@ void sddmm_run(const SddmmArgs& s) {
       const std::vector<int32_t>&xsegs = ranges.xsegs[size_t(g)], &gsegs = ranges.gsegs[size_t(g)];
       for (size_t j = 0; j < xsegs.size(); ++j) xslot[size_t(xsegs[j])] = int32_t(j);
       for (size_t j = 0; j < gsegs.size(); ++j) gslot[size_t(gsegs[j])] = int32_t(j);
-      // Row chunk: the packed panels (rc × b per segment) stay in L2 while the task walks its blocks.
-      const int64_t seg_bytes = int64_t(xsegs.size() + gsegs.size()) * B * 4;
-      const int rc = int(std::clamp<int64_t>(kChunkBytes / seg_bytes, kMinChunkRows, 512));
+      // Row chunk: as long as the kChunkBytes budget allows (the packed panels, rc × b per segment, stay
+      // in L2 while the task walks its blocks), and at least 32 rows per block per segment. Every block's
+      // b² sums are loaded and stored once per chunk: with many blocks on few segments (a 2048² gradient at
+      // 5%, the ViT-B MLP, VGG-11 conv6) 32-row chunks spent more time moving the sums through L3 than
+      // packing, and longer chunks win even when their panels outgrow L2 (they are read in order, a
+      // segment at a time, which the hardware prefetchers follow). Measured at blocks 8, 16 and 32
+      // (sparrow-bench-bsr, 2 threads): 16 rows per block per segment left half the gain at block 16, 64
+      // cost 5–15% at block 32.
+      const int64_t nseg = int64_t(xsegs.size() + gsegs.size()), seg_bytes = nseg * B * 4;
+      const int rc_l2 = int(std::clamp<int64_t>(kChunkBytes / seg_bytes, kMinChunkRows, 512));
+      const int64_t rc_sums = 32 * (k1 - k0) / nseg;
+      const int rc = int(std::clamp<int64_t>(std::max<int64_t>(rc_l2, rc_sums), kMinChunkRows, 512));
       for (int r0 = rs0; r0 < rs1; r0 += rc) {
         const int r1 = std::min(rs1, r0 + rc), n = r1 - r0;
         xpan.resize(xsegs.size() * size_t(n) * B);
         gpan.resize(gsegs.size() * size_t(n) * B);
         pack_segments<B>(s.x, s.in, s.in, r0, r1, xsegs, xpan.data());
         pack_segments<B>(s.dy, s.out, s.out, r0, r1, gsegs, gpan.data());
-        // The next chunk's segments come in while this one computes.
-        const int nr1 = std::min(rs1, r1 + rc);
+        // The next chunk's segments come in while this one computes: its first rc_l2 rows, what fits L2
+        // beside the current panels.
+        const int nr1 = std::min(rs1, r1 + rc_l2);
         xahead.start(s.x, s.in, xsegs.data(), int(xsegs.size()), r1, nr1);
         gahead.start(s.dy, s.out, gsegs.data(), int(gsegs.size()), r1, nr1);
         const int64_t slices = (n + kSddmmL1Rows - 1) / kSddmmL1Rows;

@@ -347,6 +347,10 @@ TEST(BsrCpu, FastMatchesDenseLargeAndThreaded) {
       {512, 512, 70, 32, 0.5, false},    // > 64 Ki transposed values: the parallel block transpose
       {1100, 24, 4100, 16, 0.5, false},  // forward output > 16 MiB: non-temporal stores (unaligned rows too)
       {24, 1100, 4100, 32, 0.5, false},  // input-gradient output > 16 MiB
+      // Many blocks per segment: SDDMM row chunks longer than the L2 budget allows (the blocks' sums set
+      // the length), several a task; with two threads split by blocks (the first) and by rows (the second).
+      {512, 512, 1000, 16, 0.9, false},
+      {128, 1024, 1200, 32, 0.9, false},
   };
   const int saved = omp_get_max_threads();
   uint32_t seed = 900;
