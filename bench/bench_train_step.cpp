@@ -1,6 +1,7 @@
 // sparrow-bench-train-step: images/s of one SGD training step (forward + backward + update) on
-// CIFAR-shaped random input, one JSON line per configuration in the shape of
-// shared/tools/torch_baseline.py, plus an optional per-op breakdown (--breakdown).
+// random input (CIFAR-shaped 3x32x32 unless --input, e.g. 1x28x28 as Fashion-MNIST), one JSON line per
+// configuration in the shape of shared/tools/torch_baseline.py, plus an optional per-op breakdown
+// (--breakdown).
 // Sparsity > 0 applies a global magnitude mask to conv and linear weights (as torch.nn.utils.prune does),
 // unstructured or in b×b tiles of the GEMM view (--granularity block:32: the BSR kernels train those layers);
 // --scope layer prunes each layer to the same sparsity (global block pruning of a fresh VGG-11 at 0.9 would
@@ -52,7 +53,7 @@ std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const s
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"sparrow-bench-train-step: images/s of a CIFAR training step, JSON lines"};
+  CLI::App app{"sparrow-bench-train-step: images/s of a training step on random images (CIFAR-shaped by default), JSON lines"};
   std::string model = "resnet20";
   int batch = 128, threads = 2, steps = 8, warmup = 2, classes = 10;
   std::vector<double> sparsities{0.0};
@@ -62,11 +63,14 @@ int main(int argc, char** argv) {
   std::string granularity = "unstructured";
   std::string scope = "global";
   double crossover = -1;
+  std::string input = "3x32x32";
   app.add_option("--model", model, "model name")->capture_default_str();
   app.add_option("--batch", batch, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "OpenMP threads")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--steps", steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--input", input, "image shape CxHxW: 3x32x32 (CIFAR) or 1x28x28 (Fashion-MNIST, the apps' default)")
+      ->capture_default_str();
   app.add_option("--sparsity", sparsities, "fractions of conv/linear weights masked to zero")->expected(1, -1);
   app.add_flag("--breakdown", breakdown, "also print the time per op (inclusive, ms per step)");
   app.add_option("--device", device_name_opt, "cpu, cuda or auto")->capture_default_str();
@@ -87,15 +91,19 @@ int main(int argc, char** argv) {
     const MaskGranularity gran = parse_granularity(granularity);
     const Scope prune_scope = parse_scope(scope);
     const Device dev = parse_device(device_name_opt);
+    int ic = 0, ih = 0, iw = 0;
+    char tail = 0;
+    SPARROW_CHECK(std::sscanf(input.c_str(), "%dx%dx%d%c", &ic, &ih, &iw, &tail) == 3 && ic > 0 && ih > 0 && iw > 0,
+                  "--input: expected CxHxW with positive sizes (e.g. 1x28x28), got '", input, "'");
     for (double s : sparsities) {
       SPARROW_CHECK(s >= 0 && s < 1, "--sparsity ", s, " outside [0, 1)");
-      ModelPtr m = make_model({model, classes, 3, {}, ""}, 0);
+      ModelPtr m = make_model({model, classes, ic, {}, ""}, 0);
       m->train();
       std::unique_ptr<Sgd> optp = prune_and_make_optimizer(*m, s, kernels, gran, prune_scope);  // on the host, before the move
       Sgd& opt = *optp;
       m->to(dev);
       Rng rng(0);
-      Tensor x = Tensor::randn({batch, 3, 32, 32}, rng);
+      Tensor x = Tensor::randn({batch, ic, ih, iw}, rng);
       Tensor y = Tensor::empty({batch}, DType::I64);
       for (int i = 0; i < batch; ++i) y.data<int64_t>()[i] = int64_t(rng.below(uint64_t(classes)));
       x = x.to(dev);
@@ -121,7 +129,7 @@ int main(int argc, char** argv) {
       cuda_synchronize();
       const double dt = profiler_now() - t0;
       profiler_enable(false);
-      nlohmann::json j{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"batch", batch},
+      nlohmann::json j{{"engine", "sparrow"}, {"model", model}, {"sparsity", s}, {"batch", batch}, {"input", input},
                        {"threads", threads}, {"device", device_name(dev)}, {"sparse_kernels", s > 0 ? kernels : "none"},
                        {"granularity", s > 0 ? gran.str() : "none"},
                        {"scope", s > 0 ? scope : "none"},

@@ -1495,11 +1495,44 @@ void to_batch_minor(const float* src, int ch, int P, int n0, int count, float* d
   }
 }
 
-// The inverse for channels [ca, cb): src[c − ca][p][16 images] to images [n0, n0 + count) of dst.
-void from_batch_minor(const float* src, int ch, int ca, int cb, int P, int n0, int count, float* dst) {
-  for (int c = ca; c < cb; ++c)
-    transpose_matrix<float>(P, count, src + int64_t(c - ca) * P * 16, 16, dst + (int64_t(n0) * ch + c) * P,
-                            int64_t(ch) * P);
+// A batch-minor plane of h × w pixels stored in rows of `pitch` ≥ w pixels and hp ≥ h rows (the strip path
+// pads maps 7 and 14 wide to 8 and 16, and an odd height to even on 8-wide rows); the padding pixels of an
+// input copy are zero, those of an output are computed and dropped. Unpadded: pitch = w, hp = h.
+struct MinorPlane {
+  int h, w, pitch, hp;
+  int64_t pixels() const { return int64_t(h) * w; }
+  int64_t stored() const { return int64_t(hp) * pitch; }
+  bool padded() const { return pitch != w || hp != h; }
+};
+
+// Images [n0, n0 + count) of src (N × ch × h·w) to dst[c][stored pixel][16 images]; padding zero.
+void to_batch_minor(const float* src, int ch, const MinorPlane& g, int n0, int count, float* dst) {
+  if (!g.padded()) return to_batch_minor(src, ch, int(g.pixels()), n0, count, dst);
+  const int64_t P = g.pixels();
+  for (int c = 0; c < ch; ++c) {
+    float* d = dst + int64_t(c) * g.stored() * 16;
+    zero_row(d, g.stored() * 16);
+    for (int y = 0; y < g.h; ++y)
+      transpose_matrix<float>(count, g.w, src + (int64_t(n0) * ch + c) * P + int64_t(y) * g.w, int64_t(ch) * P,
+                              d + int64_t(y) * g.pitch * 16, 16);
+  }
+}
+
+// The inverse for channels [ca, cb): src[c − ca][stored pixel][16 images] to images [n0, n0 + count) of dst.
+void from_batch_minor(const float* src, int ch, int ca, int cb, const MinorPlane& g, int n0, int count,
+                      float* dst) {
+  const int64_t P = g.pixels();
+  for (int c = ca; c < cb; ++c) {
+    const float* sc = src + int64_t(c - ca) * g.stored() * 16;
+    float* dc = dst + (int64_t(n0) * ch + c) * P;
+    if (!g.padded()) {
+      transpose_matrix<float>(P, count, sc, 16, dc, int64_t(ch) * P);
+    } else {
+      for (int y = 0; y < g.h; ++y)
+        transpose_matrix<float>(g.w, count, sc + int64_t(y) * g.pitch * 16, 16, dc + int64_t(y) * g.w,
+                                int64_t(ch) * P);
+    }
+  }
 }
 
 // The taps of a batch-minor pass grouped into runs: seg[r] is the first sorted tap of run r (seg.back() =
@@ -1551,28 +1584,30 @@ TapPlan tiny_plan(int P, int src_ch, int dst_ch, const std::vector<int64_t>& ptr
 
 // The frame of the batch-minor passes (tiny maps, strips): groups of 16 images split over the threads by the
 // cost of their destination channels, each group's source copied into thread scratch (src_floats) by
-// copy_in(n0, count, xt), destination channels [ca, cb) computed into yt (P·16 floats a channel, images
-// minor) by body(xt, yt, ca, cb), then written back image-major, with dst's batch-norm moments when asked.
+// copy_in(n0, count, xt), destination channels [ca, cb) computed into yt (g.stored()·16 floats a channel,
+// images minor) by body(xt, yt, ca, cb), then written back image-major (g's padding dropped), with dst's
+// batch-norm moments when asked.
 template <typename CopyIn, typename Body>
-void batch_minor_pass(const Conv2dShape& s, int dst_ch, const std::vector<int64_t>& ptr, int64_t P,
+void batch_minor_pass(const Conv2dShape& s, int dst_ch, const std::vector<int64_t>& ptr, const MinorPlane& g,
                       size_t src_floats, float* dst, ChannelMoments* moments, const char* op, CopyIn copy_in,
                       Body body) {
+  const int64_t P = g.pixels();
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(dst_ch, ptr, 1);
   std::vector<std::vector<MomentPiece>> pieces(moments ? size_t(omp_get_max_threads()) : 0);
   parallel_ranges(blocks, prefix, [&](int tid, int, int64_t first, int64_t last) {
     float* xt = thread_scratch<float>(src_floats, 0);
-    float* yt = thread_scratch<float>(size_t(dst_ch) * size_t(P) * 16, 1);
+    float* yt = thread_scratch<float>(size_t(dst_ch) * size_t(g.stored()) * 16, 1);
     MomentPiece* piece = nullptr;
     if (moments) {
       pieces[size_t(tid)].assign(size_t(dst_ch), MomentPiece{});
       piece = pieces[size_t(tid)].data();
     }
-    for_each_group(first, last, dst_ch, [&](int g, int ca, int cb) {
-      const int n0 = g * 16, count = std::min(16, s.n - n0);
+    for_each_group(first, last, dst_ch, [&](int grp, int ca, int cb) {
+      const int n0 = grp * 16, count = std::min(16, s.n - n0);
       copy_in(n0, count, xt);
       body(static_cast<const float*>(xt), yt, ca, cb);
-      from_batch_minor(yt, dst_ch, ca, cb, int(P), n0, count, dst);
+      from_batch_minor(yt, dst_ch, ca, cb, g, n0, count, dst);
       if (piece)
         for (int l = 0; l < count; ++l)
           for (int c = ca; c < cb; ++c) piece[c].add(dst + (int64_t(n0 + l) * dst_ch + c) * P, P);
@@ -1593,7 +1628,7 @@ void tiny_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, c
   std::vector<float> val(pl.order.size());
   for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
   batch_minor_pass(
-      s, dst_ch, ptr, P, size_t(src_ch) * P * 16, dst, moments, op,
+      s, dst_ch, ptr, MinorPlane{H, H, H, H}, size_t(src_ch) * P * 16, dst, moments, op,
       [&](int n0, int count, float* xt) { to_batch_minor(src, src_ch, P, n0, count, xt); },
       [&](const float* xt, float* yt, int ca, int cb) {
         for (int b = 0; b < t.nblk; ++b)
@@ -1707,10 +1742,20 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
 // strip of an 8-wide map reads 4 rows of 8 pixels: 2 KB per channel). The row-padded pass it replaces is
 // bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip. All
 // three passes: the weight gradient holds a strip's 16 dy vectors in registers and takes one dot product
-// per kept weight against the strip copy of x.
+// per kept weight against the strip copy of x. Maps 7 and 14 wide (Fashion-MNIST's 28×28 ResNet stages 2
+// and 3) run in rows of 8 and 16 pixels whose last column is zero in the copies and dropped from the output
+// (a zero column reads as the padding it stands for), and 8-wide maps of odd height get a zero row more.
+int strip_pitch(int w) { return w == 7 || w == 8 ? 8 : (w == 14 || w == 15 || w == 16 ? 16 : 0); }
+
+MinorPlane strip_plane(const Conv2dShape& s) {
+  const int pitch = strip_pitch(s.w), r = 16 / pitch;
+  return MinorPlane{s.h, s.w, pitch, (s.h + r - 1) / r * r};
+}
+
 bool strip_eligible(const Conv2dShape& s) {
-  return s.stride == 1 && s.kh == 3 && s.kw == 3 && s.pad == 1 && (s.w == 8 || s.w == 16) &&
-         s.h % (16 / s.w) == 0 && int64_t(std::max(s.cin, s.cout)) * (s.h + 2) * s.w * 16 < INT32_MAX;
+  if (!(s.stride == 1 && s.kh == 3 && s.kw == 3 && s.pad == 1 && strip_pitch(s.w) > 0)) return false;
+  const MinorPlane g = strip_plane(s);
+  return int64_t(std::max(s.cin, s.cout)) * (g.hp + 2) * g.pitch * 16 < INT32_MAX;
 }
 
 // acc[p] += Σ_t val[t]·src[off[t] + 16·(p + DX)] for the n taps of one column shift DX = kx − 1, pixels p of
@@ -1729,17 +1774,24 @@ SPARROW_ALWAYS_INLINE void strip_taps(__m512* acc, const float* src, const int32
   }
 }
 
-// Images [n0, n0 + count) of src (N × ch × H·W) into the strip copy (data rows 1..H of each plane; the
-// zero rows and, past count, the zero lanes are written here too).
-void to_strip_copy(const float* src, int ch, int h, int w, int n0, int count, float* dst) {
-  const int64_t P = int64_t(h) * w, plane = int64_t(h + 2) * w * 16;
+// Images [n0, n0 + count) of src (N × ch × h·w) into the strip copy (data rows 1..h of each plane of
+// g.hp + 2 rows; the zero rows, the padding and, past count, the zero lanes are written here too).
+void to_strip_copy(const float* src, int ch, const MinorPlane& g, int n0, int count, float* dst) {
+  const int64_t P = g.pixels(), row = int64_t(g.pitch) * 16, plane = (g.hp + 2) * row;
   for (int c = 0; c < ch; ++c) {
     float* d = dst + c * plane;
-    zero_row(d, int64_t(w) * 16);
-    transpose_matrix<float>(count, P, src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, d + w * 16, 16);
-    if (count < 16)
-      for (int64_t p = 0; p < P; ++p) zero_row(d + (w + p) * 16 + count, 16 - count);
-    zero_row(d + (int64_t(h) + 1) * w * 16, int64_t(w) * 16);
+    const float* sc = src + (int64_t(n0) * ch + c) * P;
+    if (!g.padded()) {
+      zero_row(d, row);
+      transpose_matrix<float>(count, P, sc, int64_t(ch) * P, d + row, 16);
+      if (count < 16)
+        for (int64_t p = 0; p < P; ++p) zero_row(d + row + p * 16 + count, 16 - count);
+      zero_row(d + (int64_t(g.h) + 1) * row, row);
+    } else {
+      zero_row(d, plane);
+      for (int y = 0; y < g.h; ++y)
+        transpose_matrix<float>(count, g.w, sc + int64_t(y) * g.w, int64_t(ch) * P, d + (1 + y) * row, 16);
+    }
   }
 }
 
@@ -1754,9 +1806,13 @@ void to_strip_copy(const float* src, int ch, int h, int w, int n0, int count, fl
 //   32-32, VGG-11 64-128 and 128-256), at 31% 0.73–1.03, at 20% 0.82–1.21, at 10% 0.98–1.63. So from 0.3.
 // The weight gradient (same command, against the padded and row-padded dot products) with the same rule:
 // 8 wide 0.48–0.61 (VGG-11 layers from 5%, ResNet-20 64-64 at 31% and 65%), 16 wide 0.53–0.66 at 31–65%.
+// - 7 and 14 wide (padded to 8 and 16; without the strips the general passes run: the row-padded ones need
+//   whole vectors per plane): Fashion-MNIST ResNet-20 64-64 7×7 and 32-32 14×14 at 5–70% (same command,
+//   --threads 2, one round each) 0.65–0.70 and 0.64–0.82 in all three passes. So always.
 // Repeated runs of one binary on this shared machine differ by up to 15%, so only the large ratios count.
 bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
   if (!strip_eligible(s)) return false;
+  if (s.w != strip_pitch(s.w)) return true;  // padded: the others are the general passes
   return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
 }
 
@@ -1767,7 +1823,7 @@ template <int W, typename TapOf>
 TapPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
                    double density) {
   constexpr int R = 16 / W;
-  const int64_t plane = int64_t(s.h + 2) * W * 16;
+  const int64_t plane = int64_t(strip_plane(s).hp + 2) * W * 16;
   TapPlan pl;
   pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
   const int nblk = pl.t.nblk;
@@ -1792,15 +1848,16 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
                 TapOf tap, const float* val_of_k, double density, const float* bias, float* dst,
                 ChannelMoments* moments, const char* op) {
   constexpr int R = 16 / W;
-  const int H = s.h, strips = H / R;
-  const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
+  const MinorPlane g = strip_plane(s);
+  const int strips = g.hp / R;
+  const int64_t P = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
   const TapPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
   const int nblk = pl.t.nblk;
   std::vector<float> val(pl.order.size());
   for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
   batch_minor_pass(
-      s, dst_ch, ptr, P, size_t(src_ch) * size_t(plane), dst, moments, op,
-      [&](int n0, int count, float* xt) { to_strip_copy(src, src_ch, H, W, n0, count, xt); },
+      s, dst_ch, ptr, g, size_t(src_ch) * size_t(plane), dst, moments, op,
+      [&](int n0, int count, float* xt) { to_strip_copy(src, src_ch, g, n0, count, xt); },
       [&](const float* xt, float* yt, int ca, int cb) {
         for (int b = 0; b < nblk; ++b)
           for (int st = 0; st < strips; ++st) {
@@ -1825,8 +1882,8 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
 
 template <typename F>
 inline void with_strip_width(int w, F&& f) {
-  if (w == 8) f(IntC<8>{});
-  else if (w == 16) f(IntC<16>{});
+  if (strip_pitch(w) == 8) f(IntC<8>{});
+  else if (strip_pitch(w) == 16) f(IntC<16>{});
 }
 
 void forward_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
@@ -1890,8 +1947,9 @@ template <int W>
 void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                              float* dvalues, float* dbias) {
   constexpr int R = 16 / W;
-  const int H = s.h, strips = H / R;
-  const int64_t P = int64_t(H) * W, plane = int64_t(H + 2) * W * 16;
+  const MinorPlane g = strip_plane(s);
+  const int strips = g.hp / R;
+  const int64_t P = g.pixels(), Pt = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
   auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
   const TapPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
   const int nblk = pl.t.nblk;
@@ -1901,12 +1959,12 @@ void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, c
   parallel_ranges(blocks, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
     float* acc = sums.values(tid, parts);
     float* xt = thread_scratch<float>(size_t(s.cin) * size_t(plane), 0);
-    float* dyt = thread_scratch<float>(size_t(s.cout) * size_t(P) * 16, 1);
+    float* dyt = thread_scratch<float>(size_t(s.cout) * size_t(Pt) * 16, 1);
     double* dbt = sums.bias(tid);
-    for_each_group(first, last, s.cout, [&](int g, int ca, int cb) {
-      const int n0 = g * 16, count = std::min(16, s.n - n0);
-      to_strip_copy(x, s.cin, H, W, n0, count, xt);
-      to_batch_minor(dy, s.cout, int(P), n0, count, dyt);
+    for_each_group(first, last, s.cout, [&](int grp, int ca, int cb) {
+      const int n0 = grp * 16, count = std::min(16, s.n - n0);
+      to_strip_copy(x, s.cin, g, n0, count, xt);
+      to_batch_minor(dy, s.cout, g, n0, count, dyt);  // padding zero: it adds nothing to the dot products
       if (dbt)
         for (int l = 0; l < count; ++l)
           for (int co = ca; co < cb; ++co) dbt[co] += plane_sum(dy + (int64_t(n0 + l) * s.cout + co) * P, P);
@@ -1918,7 +1976,7 @@ void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, c
             const int64_t* sg = pl.seg.data() + (size_t(co) * nblk + b) * 3;
             if (sg[3] == sg[0]) continue;
             __m512 d[16];
-            const float* dp = dyt + (int64_t(co) * P + int64_t(st) * R * W) * 16;
+            const float* dp = dyt + (int64_t(co) * Pt + int64_t(st) * R * W) * 16;
             for (int q = 0; q < 16; ++q) d[q] = _mm512_load_ps(dp + 16 * q);
             const int32_t *off = pl.off.data(), *order = pl.order.data();
             if (sg[1] > sg[0]) strip_dots<W, -1>(d, xs, off + sg[0], order + sg[0], sg[1] - sg[0], acc, pix);

@@ -112,6 +112,11 @@ TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.35);
+  // Fashion-MNIST's 28×28 ResNet-20: stage 1, and stages 2 and 3 on the padded strips.
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1, 28), 0.8);
+  EXPECT_EQ(sparse_kernel_crossover(32, 3, 1, 14), 0.7);
+  EXPECT_EQ(sparse_kernel_crossover(64, 3, 1, 7), 0.55);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 7), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(16, 1, 1, 16), 0.35);
   auto c4 = sparse_conv_layer(4, 4, 3, 1, 1);  // density 1, 36 inputs per output
   EXPECT_TRUE(c4->uses_sparse_kernel(Device::CPU));

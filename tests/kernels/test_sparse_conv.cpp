@@ -249,6 +249,10 @@ std::vector<Conv2dShape> layer_shapes() {
       shape(1, 256, 8, 8, 256, 3, 3, 1, 1),  // VGG-11 8×8
       shape(2, 512, 4, 4, 96, 3, 3, 1, 1),   // VGG-11 4×4 (fewer outputs, same taps per row)
       shape(2, 64, 16, 16, 64, 1, 1, 1, 0),  // pointwise
+      shape(3, 1, 28, 28, 16, 3, 3, 1, 1),   // Fashion-MNIST ResNet-20 stem (one input channel)
+      shape(2, 16, 28, 28, 16, 3, 3, 1, 1),  // its stage 1 (rows of 28: vectors split across rows)
+      shape(3, 32, 14, 14, 32, 3, 3, 1, 1),  // its stage 2 (strips of 16, one zero column)
+      shape(3, 64, 7, 7, 64, 3, 3, 1, 1),    // its stage 3 (strips of 8, a zero column and a zero row)
   };
 }
 
@@ -268,6 +272,10 @@ std::vector<Conv2dShape> awkward_shapes() {
       // The strip passes over two image blocks (the second partial), non-square maps 8 and 16 wide, and source
       // channels in several L1 blocks.
       shape(19, 20, 6, 8, 24, 3, 3, 1, 1), shape(17, 20, 5, 16, 12, 3, 3, 1, 1),
+      // Maps 7, 14 and 15 wide on strips of 8 and 16 (a zero column; 7 rows: a zero row), as Fashion-MNIST's
+      // 28×28 ResNet stages 2 and 3, over two image blocks and with non-square maps.
+      shape(19, 20, 7, 7, 24, 3, 3, 1, 1), shape(17, 12, 14, 14, 20, 3, 3, 1, 1), shape(3, 9, 5, 15, 8, 3, 3, 1, 1),
+      shape(2, 6, 4, 7, 5, 3, 3, 1, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
       // Stride 1, output rows as wide as the input's, whole vectors per plane: the masked direct path, with
