@@ -53,7 +53,8 @@ std::unique_ptr<Sgd> prune_and_make_optimizer(Model& m, double sparsity, const s
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"sparrow-bench-train-step: images/s of a training step on random images (CIFAR-shaped by default), JSON lines"};
+  CLI::App app{"sparrow-bench-train-step: images/s of a training step on random images (CIFAR-shaped by "
+               "default), JSON lines"};
   std::string model = "resnet20";
   int batch = 128, threads = 2, steps = 8, warmup = 2, classes = 10;
   std::vector<double> sparsities{0.0};

@@ -272,10 +272,10 @@ std::vector<Conv2dShape> awkward_shapes() {
       // The strip passes over two image blocks (the second partial), non-square maps 8 and 16 wide, and source
       // channels in several L1 blocks.
       shape(19, 20, 6, 8, 24, 3, 3, 1, 1), shape(17, 20, 5, 16, 12, 3, 3, 1, 1),
-      // Maps 7, 14 and 15 wide on strips of 8 and 16 (a zero column; 7 rows: a zero row), as Fashion-MNIST's
+      // Maps 7, 14 and 15 wide on strips of 8 and 16 (a zero column; odd heights: a zero row), as Fashion-MNIST's
       // 28×28 ResNet stages 2 and 3, over two image blocks and with non-square maps.
       shape(19, 20, 7, 7, 24, 3, 3, 1, 1), shape(17, 12, 14, 14, 20, 3, 3, 1, 1), shape(3, 9, 5, 15, 8, 3, 3, 1, 1),
-      shape(2, 6, 4, 7, 5, 3, 3, 1, 1),
+      shape(2, 6, 4, 7, 5, 3, 3, 1, 1), shape(3, 10, 5, 8, 80, 3, 3, 1, 1),  // and an 8-wide map of odd height
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
       // Stride 1, output rows as wide as the input's, whole vectors per plane: the masked direct path, with
