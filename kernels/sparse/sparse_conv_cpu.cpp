@@ -1485,16 +1485,6 @@ inline void tiny_dots(const __m512* d, const float* src, const int32_t* off, con
   }
 }
 
-// Images [n0, n0 + count) of src (N × ch × P) to dst[c][p][16 images], images count..15 zero.
-void to_batch_minor(const float* src, int ch, int P, int n0, int count, float* dst) {
-  for (int c = 0; c < ch; ++c) {
-    float* d = dst + int64_t(c) * P * 16;
-    transpose_matrix<float>(count, P, src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, d, 16);
-    if (count < 16)
-      for (int p = 0; p < P; ++p) zero_row(d + p * 16 + count, 16 - count);
-  }
-}
-
 // A batch-minor plane of h × w pixels stored in rows of `pitch` ≥ w pixels and hp ≥ h rows (the strip path
 // pads maps 7 and 14 wide to 8 and 16, and an odd height to even on 8-wide rows); the padding pixels of an
 // input copy are zero, those of an output are computed and dropped. Unpadded: pitch = w, hp = h.
@@ -1505,17 +1495,29 @@ struct MinorPlane {
   bool padded() const { return pitch != w || hp != h; }
 };
 
-// Images [n0, n0 + count) of src (N × ch × h·w) to dst[c][stored pixel][16 images]; padding zero.
-void to_batch_minor(const float* src, int ch, const MinorPlane& g, int n0, int count, float* dst) {
-  if (!g.padded()) return to_batch_minor(src, ch, int(g.pixels()), n0, count, dst);
-  const int64_t P = g.pixels();
-  for (int c = 0; c < ch; ++c) {
-    float* d = dst + int64_t(c) * g.stored() * 16;
-    zero_row(d, g.stored() * 16);
-    for (int y = 0; y < g.h; ++y)
-      transpose_matrix<float>(count, g.w, src + (int64_t(n0) * ch + c) * P + int64_t(y) * g.w, int64_t(ch) * P,
-                              d + int64_t(y) * g.pitch * 16, 16);
+// One channel's plane of `count` images (src, images lds floats apart) to d[stored pixel][16 images]: the
+// padding and the lanes past count zero.
+void plane_to_minor(const float* src, int64_t lds, const MinorPlane& g, int count, float* d) {
+  if (!g.padded()) {
+    transpose_matrix<float>(count, g.pixels(), src, lds, d, 16);
+    if (count < 16)
+      for (int64_t p = 0; p < g.pixels(); ++p) zero_row(d + p * 16 + count, 16 - count);
+    return;
   }
+  zero_row(d, g.stored() * 16);
+  for (int y = 0; y < g.h; ++y)
+    transpose_matrix<float>(count, g.w, src + int64_t(y) * g.w, lds, d + int64_t(y) * g.pitch * 16, 16);
+}
+
+// Images [n0, n0 + count) of src (N × ch × h·w) to dst[c][stored pixel][16 images].
+void to_batch_minor(const float* src, int ch, const MinorPlane& g, int n0, int count, float* dst) {
+  const int64_t P = g.pixels();
+  for (int c = 0; c < ch; ++c)
+    plane_to_minor(src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, g, count, dst + int64_t(c) * g.stored() * 16);
+}
+// The same for unpadded planes of P pixels.
+void to_batch_minor(const float* src, int ch, int P, int n0, int count, float* dst) {
+  to_batch_minor(src, ch, MinorPlane{1, P, P, 1}, n0, count, dst);
 }
 
 // The inverse for channels [ca, cb): src[c − ca][stored pixel][16 images] to images [n0, n0 + count) of dst.
@@ -1780,18 +1782,9 @@ void to_strip_copy(const float* src, int ch, const MinorPlane& g, int n0, int co
   const int64_t P = g.pixels(), row = int64_t(g.pitch) * 16, plane = (g.hp + 2) * row;
   for (int c = 0; c < ch; ++c) {
     float* d = dst + c * plane;
-    const float* sc = src + (int64_t(n0) * ch + c) * P;
-    if (!g.padded()) {
-      zero_row(d, row);
-      transpose_matrix<float>(count, P, sc, int64_t(ch) * P, d + row, 16);
-      if (count < 16)
-        for (int64_t p = 0; p < P; ++p) zero_row(d + row + p * 16 + count, 16 - count);
-      zero_row(d + (int64_t(g.h) + 1) * row, row);
-    } else {
-      zero_row(d, plane);
-      for (int y = 0; y < g.h; ++y)
-        transpose_matrix<float>(count, g.w, sc + int64_t(y) * g.w, int64_t(ch) * P, d + (1 + y) * row, 16);
-    }
+    zero_row(d, row);
+    plane_to_minor(src + (int64_t(n0) * ch + c) * P, int64_t(ch) * P, g, count, d + row);
+    zero_row(d + (int64_t(g.hp) + 1) * row, row);
   }
 }
 
@@ -1806,13 +1799,14 @@ void to_strip_copy(const float* src, int ch, const MinorPlane& g, int n0, int co
 //   32-32, VGG-11 64-128 and 128-256), at 31% 0.73–1.03, at 20% 0.82–1.21, at 10% 0.98–1.63. So from 0.3.
 // The weight gradient (same command, against the padded and row-padded dot products) with the same rule:
 // 8 wide 0.48–0.61 (VGG-11 layers from 5%, ResNet-20 64-64 at 31% and 65%), 16 wide 0.53–0.66 at 31–65%.
-// - 7 and 14 wide (padded to 8 and 16; without the strips the general passes run: the row-padded ones need
-//   whole vectors per plane): Fashion-MNIST ResNet-20 64-64 7×7 and 32-32 14×14 at 5–70% (same command,
-//   --threads 2, one round each) 0.65–0.70 and 0.64–0.82 in all three passes. So always.
+// - padded planes (7 and 14 wide, 8 wide of odd height; without the strips the general passes run: the
+//   row-padded ones need whole vectors per plane): Fashion-MNIST ResNet-20 64-64 7×7 and 32-32 14×14 at
+//   5–70% (same command, --threads 2, one round each) 0.65–0.70 and 0.64–0.82 in all three passes. So
+//   always (8 wide of odd height not measured: no such layer in the benchmark).
 // Repeated runs of one binary on this shared machine differ by up to 15%, so only the large ratios count.
 bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
   if (!strip_eligible(s)) return false;
-  if (s.w != strip_pitch(s.w)) return true;  // padded: the others are the general passes
+  if (strip_plane(s).padded()) return true;  // the row-padded passes need whole vectors per plane
   return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
 }
 
