@@ -63,6 +63,7 @@ std::vector<Layer> bench_layers(int batch) {
       L("resnet20.s3 64-64 8x8", 64, 64, 8, 3, 1, 1),
       L("resnet20.down 16-32 32x32 s2", 16, 32, 32, 3, 2, 1),
       // The same net on Fashion-MNIST's 28×28 images (the apps' default data set).
+      L("fmnist.resnet20.stem 1-16 28x28", 1, 16, 28, 3, 1, 1),
       L("fmnist.resnet20.s1 16-16 28x28", 16, 16, 28, 3, 1, 1),
       L("fmnist.resnet20.s2 32-32 14x14", 32, 32, 14, 3, 1, 1),
       L("fmnist.resnet20.s3 64-64 7x7", 64, 64, 7, 3, 1, 1),

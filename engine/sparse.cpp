@@ -136,10 +136,11 @@ SparseKernelMode parse_sparse_kernel_mode(const std::string& s) {
 //   per output) 0.93, ≥1; 64-64 8×8 (576) 0.71, 0.85 and VGG-11 64-128 16×16 (576) 0.66, 0.79; VGG-11
 //   128-256 8×8 and 16×16 (1152) 0.59, 0.71 and 0.61, 0.54; 256-256 8×8 (2304) 0.57, 0.58.
 // - elsewhere: VGG-11 512-512 4×4 0.42, 0.37, 2×2 0.39, 0.39; the stride-2 ResNet-20 entry 0.56, 0.41.
-// - Fashion-MNIST's 28×28 ResNet-20 (Zen 5, --densities 1.0,0.9,0.8,0.7,0.6,0.5, one round): stage 1 16-16
-//   28×28 (rows of 28 split vectors, unlike 32) between 0.8 and 0.9; on the padded strips (maps 7 and 14
-//   wide run in rows of 8 and 16) 32-32 14×14 between 0.7 and 0.8, 64-64 7×7 between 0.6 and 0.7. Wider
-//   layers on those maps are unmeasured and keep the general entry.
+// - Fashion-MNIST's 28×28 ResNet-20 (Zen 5, --densities 1.0,0.9,0.8,0.7,0.6,0.5, one round): on the half-row
+//   strips (rows of 32) the stem 1-16 28×28 and stage 1 16-16 28×28 ≥1 (at density 1: stem 2.2–3.9× in each
+//   pass, stage 1 1.06–1.51×, two rounds); on the padded strips (maps 7 and 14 wide run in rows of 8 and 16)
+//   32-32 14×14 between 0.7 and 0.8, 64-64 7×7 between 0.6 and 0.7. Wider layers on those maps are
+//   unmeasured and keep the general entry.
 // Each entry sits below the measured crossovers it covers. Where OpenBLAS is held to its AVX2 kernels on an
 // AVX-512 machine (OPENBLAS_CORETYPE=Haswell) the dense GEMM runs 1.8-1.9x slower and the sparse kernels win
 // at density 1 on most of these layers; the table stays the one for the faster dense path.
@@ -147,7 +148,7 @@ double sparse_kernel_crossover(int cin, int k, int stride, int width) {
   if (g_crossover >= 0) return g_crossover;
   if (k != 3 || stride != 1) return 0.35;
   const int64_t fan_in = int64_t(cin) * k * k;
-  if (fan_in <= 160) return width == 28 ? 0.8 : 1.0;
+  if (fan_in <= 160) return 1.0;
   if (width == 8 || width == 16) return fan_in <= 320 ? 0.9 : fan_in <= 640 ? 0.65 : 0.5;
   if (width == 7 || width == 14 || width == 15) return fan_in <= 320 ? 0.7 : fan_in <= 640 ? 0.55 : 0.35;
   return 0.35;

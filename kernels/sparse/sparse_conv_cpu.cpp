@@ -1528,7 +1528,15 @@ void from_batch_minor(const float* src, int ch, int ca, int cb, const MinorPlane
     const float* sc = src + int64_t(c - ca) * g.stored() * 16;
     float* dc = dst + (int64_t(n0) * ch + c) * P;
     if (!g.padded()) {
-      transpose_matrix<float>(P, count, sc, 16, dc, int64_t(ch) * P);
+      // Eight images at a time: their destination rows are written through (whole lines) before the next
+      // eight, rather than all 16 images' lines half written at once, which on power-of-two planes (images
+      // ch·P floats apart: 64 KB for 16 channels of 32×32) share an L1 set beyond its ways. Against one
+      // transpose of all 16 (sparrow-bench-sparse-conv --threads 1 --clock cpu --layer resnet20.s, 2 rounds):
+      // 0.42–0.58 on the 3-16 32×32 stem's forward at 70%; on 16-16 32×32 and 32-32 16×16 at 33–70% 0.80–0.96
+      // in the forward and input gradient (one cell 1.08).
+      for (int l0 = 0; l0 < count; l0 += 8)
+        transpose_matrix<float>(P, std::min(8, count - l0), sc + l0, 16, dc + int64_t(l0) * ch * P,
+                                int64_t(ch) * P);
     } else {
       for (int y = 0; y < g.h; ++y)
         transpose_matrix<float>(g.w, count, sc + int64_t(y) * g.pitch * 16, 16, dc + int64_t(y) * g.w,
@@ -1734,12 +1742,12 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Strip path (AVX-512, float): stride-1 3×3 pad-1 convolutions on maps 8 or 16 wide, batch-minor as the
+// Strip path (AVX-512, float): stride-1 3×3 pad-1 convolutions on maps 8, 16 or 32 wide, batch-minor as the
 // tiny-map path (16 images per vector, every load one whole aligned vector) for maps too large to hold in
 // registers. The copy [channel][1 + H + 1 rows][W][16 images] has a zero row above and below each plane, so
 // the row a kept weight (ky, kx) reads is one offset (ky·W·16 past the strip's first row) and only the
 // columns that fall off the map depend on it, at compile time through kx. The output is computed in strips
-// of R = 16 / W rows (16 pixel accumulators in registers). Source channels are blocked so that one strip's
+// of 16 pixels (16 accumulators in registers): 16 / W rows, or half a row of 32. Source channels are blocked so that one strip's
 // rows of a block stay in L1 while every destination channel of the range runs its taps over them (a
 // strip of an 8-wide map reads 4 rows of 8 pixels: 2 KB per channel). The row-padded pass it replaces is
 // bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip. All
@@ -1747,10 +1755,17 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
 // per kept weight against the strip copy of x. Maps 7 and 14 wide (Fashion-MNIST's 28×28 ResNet stages 2
 // and 3) run in rows of 8 and 16 pixels whose last column is zero in the copies and dropped from the output
 // (a zero column reads as the padding it stands for), and 8-wide maps of odd height get a zero row more.
-int strip_pitch(int w) { return w == 7 || w == 8 ? 8 : (w == 14 || w == 15 || w == 16 ? 16 : 0); }
+// Maps 28 to 32 wide (Fashion-MNIST's and CIFAR's first ResNet stage) run in half rows: rows of 32 pixels
+// (zero columns past the map), strips of 16 pixels starting at column 0 or 16 of a row.
+int strip_pitch(int w) {
+  return w == 7 || w == 8 ? 8 : w == 14 || w == 15 || w == 16 ? 16 : w >= 28 && w <= 32 ? 32 : 0;
+}
+
+// Rows of a strip (one for the half-row strips).
+inline int strip_rows(int pitch) { return std::max(1, 16 / pitch); }
 
 MinorPlane strip_plane(const Conv2dShape& s) {
-  const int pitch = strip_pitch(s.w), r = 16 / pitch;
+  const int pitch = strip_pitch(s.w), r = strip_rows(pitch);
   return MinorPlane{s.h, s.w, pitch, (s.h + r - 1) / r * r};
 }
 
@@ -1760,20 +1775,36 @@ bool strip_eligible(const Conv2dShape& s) {
   return int64_t(std::max(s.cin, s.cout)) * (g.hp + 2) * g.pitch * 16 < INT32_MAX;
 }
 
-// acc[p] += Σ_t val[t]·src[off[t] + 16·(p + DX)] for the n taps of one column shift DX = kx − 1, pixels p of
-// a strip of 16 / W rows whose column p mod W + DX is on the map.
-template <int W, int DX, int P>
-SPARROW_ALWAYS_INLINE void strip_fma(__m512* acc, __m512 v, const float* x) {
-  if constexpr (P % W + DX >= 0 && P % W + DX < W) acc[P] = _mm512_fmadd_ps(v, _mm512_load_ps(x + 16 * (P + DX)), acc[P]);
+// Whether pixel P of a strip starting at column CB of a W-pitch row reads a stored column at shift DX (the
+// columns past the map are zero in the copies, so only the row's ends are checked).
+template <int W, int CB, int DX, int P>
+constexpr bool strip_reads() {
+  return (CB + P) % W + DX >= 0 && (CB + P) % W + DX < W;
 }
-template <int W, int DX, int... P>
+
+// acc[p] += Σ_t val[t]·src[off[t] + 16·(p + DX)] for the n taps of one column shift DX = kx − 1, pixels p of
+// a strip of 16 pixels from column CB (rows of W) whose column (CB + p) mod W + DX is in the row.
+template <int W, int CB, int DX, int P>
+SPARROW_ALWAYS_INLINE void strip_fma(__m512* acc, __m512 v, const float* x) {
+  if constexpr (strip_reads<W, CB, DX, P>()) acc[P] = _mm512_fmadd_ps(v, _mm512_load_ps(x + 16 * (P + DX)), acc[P]);
+}
+template <int W, int CB, int DX, int... P>
 SPARROW_ALWAYS_INLINE void strip_taps(__m512* acc, const float* src, const int32_t* off, const float* val, int64_t n,
                                       std::integer_sequence<int, P...>) {
   for (int64_t t = 0; t < n; ++t) {
     const __m512 v = _mm512_set1_ps(val[t]);
     const float* x = src + off[t];
-    (strip_fma<W, DX, P>(acc, v, x), ...);
+    (strip_fma<W, CB, DX, P>(acc, v, x), ...);
   }
+}
+
+// f(IntC<CB>) for the first column of strip st (0, or 0 and 16 alternately on 32-pixel rows).
+template <int W, typename F>
+SPARROW_ALWAYS_INLINE void with_strip_column(int st, F&& f) {
+  if constexpr (W == 32) {
+    if (st & 1) return f(IntC<16>{});
+  }
+  f(IntC<0>{});
 }
 
 // Images [n0, n0 + count) of src (N × ch × h·w) into the strip copy (data rows 1..h of each plane of
@@ -1803,9 +1834,18 @@ void to_strip_copy(const float* src, int ch, const MinorPlane& g, int n0, int co
 //   row-padded ones need whole vectors per plane): Fashion-MNIST ResNet-20 64-64 7×7 and 32-32 14×14 at
 //   5–70% (same command, --threads 2, one round each) 0.65–0.70 and 0.64–0.82 in all three passes. So
 //   always (8 wide of odd height not measured: no such layer in the benchmark).
+// - half-row strips (maps 28–32 wide in rows of 32), ResNet-20 16-16 (same command, 2 rounds, and --threads
+//   2 wall time, 2 rounds): 28×28 (padded; the general passes otherwise) at 33–70% 0.64–0.85 in all three
+//   passes, at 6.6% 0.52–0.75 (fwd, dgrad) and 0.90–0.99 (wgrad), but with 2 threads at 5% 1.0–1.3 and at 9%
+//   0.5–0.9: so from 0.07. 32×32 (against the row-padded passes, whole aligned rows): forward and input
+//   gradient at 50% 0.96–0.99, at 33% 1.08–1.35, at 6.6% 1.8–2.2; the weight gradient at 50% 0.75–0.79, at
+//   33% 0.86–0.88, at 6.6% 0.91–0.95 (with 2 threads at 5–9% 0.9–1.4). So from 0.55, and the weight gradient
+//   from 0.3.
 // Repeated runs of one binary on this shared machine differ by up to 15%, so only the large ratios count.
-bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
+bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch, MaskedPass pass) {
   if (!strip_eligible(s)) return false;
+  if (strip_pitch(s.w) == 32)
+    return p.density() >= (strip_plane(s).padded() ? 0.07 : pass == MaskedPass::WeightGrad ? 0.3 : 0.55);
   if (strip_plane(s).padded()) return true;  // the row-padded passes need whole vectors per plane
   return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
 }
@@ -1816,7 +1856,7 @@ bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch) {
 template <int W, typename TapOf>
 TapPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
                    double density) {
-  constexpr int R = 16 / W;
+  constexpr int R = 16 / W > 0 ? 16 / W : 1;
   const int64_t plane = int64_t(strip_plane(s).hp + 2) * W * 16;
   TapPlan pl;
   pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
@@ -1841,9 +1881,8 @@ template <int W, typename TapOf>
 void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, const std::vector<int64_t>& ptr,
                 TapOf tap, const float* val_of_k, double density, const float* bias, float* dst,
                 ChannelMoments* moments, const char* op) {
-  constexpr int R = 16 / W;
   const MinorPlane g = strip_plane(s);
-  const int strips = g.hp / R;
+  const int strips = int(g.stored() / 16);
   const int64_t P = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
   const TapPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
   const int nblk = pl.t.nblk;
@@ -1854,23 +1893,25 @@ void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, 
       [&](int n0, int count, float* xt) { to_strip_copy(src, src_ch, g, n0, count, xt); },
       [&](const float* xt, float* yt, int ca, int cb) {
         for (int b = 0; b < nblk; ++b)
-          for (int st = 0; st < strips; ++st) {
-            const float* xs = xt + int64_t(st) * R * W * 16;
+          for (int st = 0; st < strips; ++st) with_strip_column<W>(st, [&](auto cb_) {
+            constexpr int CB = decltype(cb_)::value;
+            const float* xs = xt + int64_t(st) * 16 * 16;
             for (int c = ca; c < cb; ++c) {
               const int64_t* sg = pl.seg.data() + (size_t(c) * nblk + b) * 3;
               if (b > 0 && sg[3] == sg[0]) continue;
-              float* o = yt + (int64_t(c - ca) * P + int64_t(st) * R * W) * 16;
+              float* o = yt + (int64_t(c - ca) * P + int64_t(st) * 16) * 16;
               __m512 acc[16];
               for (int q = 0; q < 16; ++q)
                 acc[q] = b > 0 ? _mm512_load_ps(o + 16 * q) : _mm512_set1_ps(bias ? bias[c] : 0.0f);
               constexpr auto pix = std::make_integer_sequence<int, 16>{};
               const int32_t* off = pl.off.data();
-              if (sg[1] > sg[0]) strip_taps<W, -1>(acc, xs, off + sg[0], val.data() + sg[0], sg[1] - sg[0], pix);
-              if (sg[2] > sg[1]) strip_taps<W, 0>(acc, xs, off + sg[1], val.data() + sg[1], sg[2] - sg[1], pix);
-              if (sg[3] > sg[2]) strip_taps<W, 1>(acc, xs, off + sg[2], val.data() + sg[2], sg[3] - sg[2], pix);
+              const float* v = val.data();
+              if (sg[1] > sg[0]) strip_taps<W, CB, -1>(acc, xs, off + sg[0], v + sg[0], sg[1] - sg[0], pix);
+              if (sg[2] > sg[1]) strip_taps<W, CB, 0>(acc, xs, off + sg[1], v + sg[1], sg[2] - sg[1], pix);
+              if (sg[3] > sg[2]) strip_taps<W, CB, 1>(acc, xs, off + sg[2], v + sg[2], sg[3] - sg[2], pix);
               for (int q = 0; q < 16; ++q) _mm512_store_ps(o + 16 * q, acc[q]);
             }
-          }
+          });
       });
 }
 
@@ -1878,6 +1919,7 @@ template <typename F>
 inline void with_strip_width(int w, F&& f) {
   if (strip_pitch(w) == 8) f(IntC<8>{});
   else if (strip_pitch(w) == 16) f(IntC<16>{});
+  else if (strip_pitch(w) == 32) f(IntC<32>{});
 }
 
 void forward_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
@@ -1902,15 +1944,15 @@ void backward_input_strip(const Conv2dShape& s, const SparseConvPattern& p, cons
   });
 }
 
-// res[order[t]] += Σ_p Σ_lanes d[p]·src[off[t] + 16·(p + DX)] over a strip's pixels p whose column
-// p mod W + DX is on the map, for the n taps of one column shift; four taps at a time (eight FMA chains),
-// reduced together by hsum4.
-template <int W, int DX, int P>
+// res[order[t]] += Σ_p Σ_lanes d[p]·src[off[t] + 16·(p + DX)] over a strip's pixels p that read a stored
+// column (strip_reads), for the n taps of one column shift; four taps at a time (eight FMA chains), reduced
+// together by hsum4.
+template <int W, int CB, int DX, int P>
 SPARROW_ALWAYS_INLINE void strip_dot_fma(const __m512* d, const float* x, __m512* acc2) {
-  if constexpr (P % W + DX >= 0 && P % W + DX < W)
+  if constexpr (strip_reads<W, CB, DX, P>())
     acc2[P % 2] = _mm512_fmadd_ps(d[P], _mm512_load_ps(x + 16 * (P + DX)), acc2[P % 2]);
 }
-template <int W, int DX, int... P>
+template <int W, int CB, int DX, int... P>
 SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const int32_t* off, const int32_t* order,
                                       int64_t n, float* res, std::integer_sequence<int, P...>) {
   int64_t t = 0;
@@ -1918,8 +1960,8 @@ SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const i
     __m512 a0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a1[2] = {a0[0], a0[0]}, a2[2] = {a0[0], a0[0]},
            a3[2] = {a0[0], a0[0]};
     const float *x0 = src + off[t], *x1 = src + off[t + 1], *x2 = src + off[t + 2], *x3 = src + off[t + 3];
-    ((strip_dot_fma<W, DX, P>(d, x0, a0), strip_dot_fma<W, DX, P>(d, x1, a1), strip_dot_fma<W, DX, P>(d, x2, a2),
-      strip_dot_fma<W, DX, P>(d, x3, a3)),
+    ((strip_dot_fma<W, CB, DX, P>(d, x0, a0), strip_dot_fma<W, CB, DX, P>(d, x1, a1),
+      strip_dot_fma<W, CB, DX, P>(d, x2, a2), strip_dot_fma<W, CB, DX, P>(d, x3, a3)),
      ...);
     alignas(16) float sum[4];
     _mm_store_ps(sum, hsum4(_mm512_add_ps(a0[0], a0[1]), _mm512_add_ps(a1[0], a1[1]),
@@ -1928,7 +1970,7 @@ SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const i
   }
   for (; t < n; ++t) {
     __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    (strip_dot_fma<W, DX, P>(d, src + off[t], a), ...);
+    (strip_dot_fma<W, CB, DX, P>(d, src + off[t], a), ...);
     res[order[t]] += hsum<float>(_mm512_add_ps(a[0], a[1]));
   }
 }
@@ -1940,9 +1982,8 @@ SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const i
 template <int W>
 void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                              float* dvalues, float* dbias) {
-  constexpr int R = 16 / W;
   const MinorPlane g = strip_plane(s);
-  const int strips = g.hp / R;
+  const int strips = int(g.stored() / 16);
   const int64_t P = g.pixels(), Pt = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
   auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
   const TapPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
@@ -1964,20 +2005,21 @@ void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, c
           for (int co = ca; co < cb; ++co) dbt[co] += plane_sum(dy + (int64_t(n0 + l) * s.cout + co) * P, P);
       constexpr auto pix = std::make_integer_sequence<int, 16>{};
       for (int b = 0; b < nblk; ++b)
-        for (int st = 0; st < strips; ++st) {
-          const float* xs = xt + int64_t(st) * R * W * 16;
+        for (int st = 0; st < strips; ++st) with_strip_column<W>(st, [&](auto cb_) {
+          constexpr int CB = decltype(cb_)::value;
+          const float* xs = xt + int64_t(st) * 16 * 16;
           for (int co = ca; co < cb; ++co) {
             const int64_t* sg = pl.seg.data() + (size_t(co) * nblk + b) * 3;
             if (sg[3] == sg[0]) continue;
             __m512 d[16];
-            const float* dp = dyt + (int64_t(co) * Pt + int64_t(st) * R * W) * 16;
+            const float* dp = dyt + (int64_t(co) * Pt + int64_t(st) * 16) * 16;
             for (int q = 0; q < 16; ++q) d[q] = _mm512_load_ps(dp + 16 * q);
             const int32_t *off = pl.off.data(), *order = pl.order.data();
-            if (sg[1] > sg[0]) strip_dots<W, -1>(d, xs, off + sg[0], order + sg[0], sg[1] - sg[0], acc, pix);
-            if (sg[2] > sg[1]) strip_dots<W, 0>(d, xs, off + sg[1], order + sg[1], sg[2] - sg[1], acc, pix);
-            if (sg[3] > sg[2]) strip_dots<W, 1>(d, xs, off + sg[2], order + sg[2], sg[3] - sg[2], acc, pix);
+            if (sg[1] > sg[0]) strip_dots<W, CB, -1>(d, xs, off + sg[0], order + sg[0], sg[1] - sg[0], acc, pix);
+            if (sg[2] > sg[1]) strip_dots<W, CB, 0>(d, xs, off + sg[1], order + sg[1], sg[2] - sg[1], acc, pix);
+            if (sg[3] > sg[2]) strip_dots<W, CB, 1>(d, xs, off + sg[2], order + sg[2], sg[3] - sg[2], acc, pix);
           }
-        }
+        });
     });
   });
   sums.finish(dvalues, dbias);
@@ -2137,7 +2179,7 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return forward_tiny(s, p, values, x, bias, y, moments);
-    if (use_strip(s, p, s.cin)) return forward_strip(s, p, values, x, bias, y, moments);
+    if (use_strip(s, p, s.cin, MaskedPass::Forward)) return forward_strip(s, p, values, x, bias, y, moments);
     if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
     if (rowpad_eligible(s)) return forward_rowpad(s, p, values, x, bias, y, moments);
   }
@@ -2205,7 +2247,7 @@ void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPatt
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_input_tiny(s, p, values, dy, dx);
-    if (use_strip(s, p, s.cout)) return backward_input_strip(s, p, values, dy, dx);
+    if (use_strip(s, p, s.cout, MaskedPass::InputGrad)) return backward_input_strip(s, p, values, dy, dx);
     if (use_masked<T>(s, p, MaskedPass::InputGrad)) return backward_input_masked(s, p, values, dy, dx);
     if (rowpad_eligible(s)) return backward_input_rowpad(s, p, values, dy, dx);
   }
@@ -2287,7 +2329,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_weight_tiny(s, p, x, dy, dvalues, dbias);
-    if (use_strip(s, p, s.cin)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
+    if (use_strip(s, p, s.cin, MaskedPass::WeightGrad)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
     if (use_masked<T>(s, p, MaskedPass::WeightGrad)) return backward_weight_masked(s, p, x, dy, dvalues, dbias);
     if (rowpad_eligible(s) && s.w >= 16) return backward_weight_rowpad(s, p, x, dy, dvalues, dbias);
   }

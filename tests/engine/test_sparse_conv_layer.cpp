@@ -112,8 +112,10 @@ TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.35);
-  // Fashion-MNIST's 28×28 ResNet-20: stage 1, and stages 2 and 3 on the padded strips.
-  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1, 28), 0.8);
+  // Fashion-MNIST's 28×28 ResNet-20: stem and stage 1 on the half-row strips, stages 2 and 3 on the padded
+  // strips.
+  EXPECT_EQ(sparse_kernel_crossover(1, 3, 1, 28), 1.0);
+  EXPECT_EQ(sparse_kernel_crossover(16, 3, 1, 28), 1.0);
   EXPECT_EQ(sparse_kernel_crossover(32, 3, 1, 14), 0.7);
   EXPECT_EQ(sparse_kernel_crossover(64, 3, 1, 7), 0.55);
   EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 7), 0.35);

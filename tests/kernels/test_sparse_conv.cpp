@@ -276,6 +276,10 @@ std::vector<Conv2dShape> awkward_shapes() {
       // 28×28 ResNet stages 2 and 3, over two image blocks and with non-square maps.
       shape(19, 20, 7, 7, 24, 3, 3, 1, 1), shape(17, 12, 14, 14, 20, 3, 3, 1, 1), shape(3, 9, 5, 15, 8, 3, 3, 1, 1),
       shape(2, 6, 4, 7, 5, 3, 3, 1, 1), shape(3, 10, 5, 8, 80, 3, 3, 1, 1),  // and an 8-wide map of odd height
+      // Maps 28 to 32 wide on half-row strips (16 pixels from column 0 or 16 of a 32-pixel row; zero columns past
+      // 28-31 wide maps), over two image blocks, source channels in several L1 blocks, and odd heights.
+      shape(17, 20, 5, 29, 12, 3, 3, 1, 1), shape(3, 9, 6, 32, 8, 3, 3, 1, 1), shape(2, 6, 3, 31, 5, 3, 3, 1, 1),
+      shape(18, 4, 1, 30, 3, 3, 3, 1, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
       // Stride 1, output rows as wide as the input's, whole vectors per plane: the masked direct path, with
