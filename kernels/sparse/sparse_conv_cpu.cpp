@@ -1822,32 +1822,34 @@ void to_strip_copy(const float* src, int ch, const MinorPlane& g, int n0, int co
 // Whether the strip path beats the row-padded / masked ones. Few kept weights per call (a destination
 // channel's taps in one L1 block of source channels, over one strip) leave the per-call accumulator loads and
 // stores and the loop exits to dominate, and at low density the transposes in and out too. Measured against
-// them (sparrow-bench-sparse-conv --threads 1 --clock cpu, binaries interleaved, 2–3 rounds, strip / old):
-// - 8 wide, by kept weights per source channel (nnz / src_ch): VGG-11 256-256 and 128-256 at 5–65% (58–1500)
-//   0.52–0.95, at 2% (46) 1.12–1.56; ResNet-20 64-64 at 31–65% 0.58–0.68, at 10% (58) 0.92–1.01, at 7% (40)
-//   1.04–1.13. So from 64.
-// - 16 wide, by density (the row-padded pass has 8-vector spans there): at 45–65% 0.68–0.91 (ResNet-20
-//   32-32, VGG-11 64-128 and 128-256), at 31% 0.73–1.03, at 20% 0.82–1.21, at 10% 0.98–1.63. So from 0.3.
-// The weight gradient (same command, against the padded and row-padded dot products) with the same rule:
-// 8 wide 0.48–0.61 (VGG-11 layers from 5%, ResNet-20 64-64 at 31% and 65%), 16 wide 0.53–0.66 at 31–65%.
+// them (sparrow-bench-sparse-conv --threads 1 --clock cpu, binaries interleaved, 2 rounds, strip / old; since
+// from_batch_minor writes eight images at a time, which sped the strips up most on power-of-two planes):
+// - 8 wide (ResNet-20 64-64, VGG-11 128-256 and 256-256 8×8): at 5–10% forward 0.76–0.88, input gradient
+//   0.61–1.05, weight gradient 0.49–0.86; at 2% forward 0.91–1.22, input gradient 0.74–0.95, weight
+//   gradient 0.43–0.73. So the forward from 0.04, the gradients from 0.02.
+// - 16 wide (ResNet-20 32-32, VGG-11 64-128 and 128-256 16×16; the row-padded pass has 8-vector spans
+//   there): at 20% forward and input gradient 0.81–0.95, weight gradient 0.63–0.76; at 10% 0.93–1.07 and
+//   0.71–0.86; at 5% 0.99–1.29 and 0.84–0.89. So the forward and input gradient from 0.15, the weight
+//   gradient from 0.05.
 // - padded planes (7 and 14 wide, 8 wide of odd height; without the strips the general passes run: the
 //   row-padded ones need whole vectors per plane): Fashion-MNIST ResNet-20 64-64 7×7 and 32-32 14×14 at
 //   5–70% (same command, --threads 2, one round each) 0.65–0.70 and 0.64–0.82 in all three passes. So
 //   always (8 wide of odd height not measured: no such layer in the benchmark).
-// - half-row strips (maps 28–32 wide in rows of 32), ResNet-20 16-16 (same command, 2 rounds, and --threads
-//   2 wall time, 2 rounds): 28×28 (padded; the general passes otherwise) at 33–70% 0.64–0.85 in all three
-//   passes, at 6.6% 0.52–0.75 (fwd, dgrad) and 0.90–0.99 (wgrad), but with 2 threads at 5% 1.0–1.3 and at 9%
-//   0.5–0.9: so from 0.07. 32×32 (against the row-padded passes, whole aligned rows): forward and input
-//   gradient at 50% 0.96–0.99, at 33% 1.08–1.35, at 6.6% 1.8–2.2; the weight gradient at 50% 0.75–0.79, at
-//   33% 0.86–0.88, at 6.6% 0.91–0.95 (with 2 threads at 5–9% 0.9–1.4). So from 0.55, and the weight gradient
-//   from 0.3.
+// - half-row strips (maps 28–32 wide in rows of 32), ResNet-20 16-16: 28×28 (padded; the general passes
+//   otherwise; same command, 2 rounds, and --threads 2 wall time, 2 rounds) at 33–70% 0.64–0.85 in all
+//   three passes, at 6.6% 0.52–0.75 (fwd, dgrad) and 0.90–0.99 (wgrad), but with 2 threads at 5% 1.0–1.3
+//   and at 9% 0.5–0.9: so from 0.07. 32×32 (against the row-padded passes, whole aligned rows): forward
+//   and input gradient at 50% 0.82–0.87, at 35% 0.94–1.15, at 17% 1.17–1.39; the weight gradient at 50%
+//   0.71–0.75, at 35% 0.80–0.88, at 17% 0.96–1.10. So from 0.4, and the weight gradient from 0.25.
 // Repeated runs of one binary on this shared machine differ by up to 15%, so only the large ratios count.
-bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, int src_ch, MaskedPass pass) {
+bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, MaskedPass pass) {
   if (!strip_eligible(s)) return false;
-  if (strip_pitch(s.w) == 32)
-    return p.density() >= (strip_plane(s).padded() ? 0.07 : pass == MaskedPass::WeightGrad ? 0.3 : 0.55);
-  if (strip_plane(s).padded()) return true;  // the row-padded passes need whole vectors per plane
-  return s.w == 8 ? double(p.nnz) >= 64.0 * src_ch : p.density() >= 0.3;
+  const MinorPlane g = strip_plane(s);
+  const bool wgrad = pass == MaskedPass::WeightGrad;
+  if (g.pitch == 32) return p.density() >= (g.padded() ? 0.07 : wgrad ? 0.25 : 0.4);
+  if (g.padded()) return true;  // the row-padded passes need whole vectors per plane
+  if (g.pitch == 8) return p.density() >= (pass == MaskedPass::Forward ? 0.04 : 0.02);
+  return p.density() >= (wgrad ? 0.05 : 0.15);
 }
 
 // Per (destination channel, L1 block of source channels) the taps in runs by kx: run (c·nblk + b)·3 + kx,
@@ -2179,7 +2181,7 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return forward_tiny(s, p, values, x, bias, y, moments);
-    if (use_strip(s, p, s.cin, MaskedPass::Forward)) return forward_strip(s, p, values, x, bias, y, moments);
+    if (use_strip(s, p, MaskedPass::Forward)) return forward_strip(s, p, values, x, bias, y, moments);
     if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
     if (rowpad_eligible(s)) return forward_rowpad(s, p, values, x, bias, y, moments);
   }
@@ -2247,7 +2249,7 @@ void sparse_conv2d_backward_input_cpu(const Conv2dShape& s, const SparseConvPatt
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_input_tiny(s, p, values, dy, dx);
-    if (use_strip(s, p, s.cout, MaskedPass::InputGrad)) return backward_input_strip(s, p, values, dy, dx);
+    if (use_strip(s, p, MaskedPass::InputGrad)) return backward_input_strip(s, p, values, dy, dx);
     if (use_masked<T>(s, p, MaskedPass::InputGrad)) return backward_input_masked(s, p, values, dy, dx);
     if (rowpad_eligible(s)) return backward_input_rowpad(s, p, values, dy, dx);
   }
@@ -2329,7 +2331,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_weight_tiny(s, p, x, dy, dvalues, dbias);
-    if (use_strip(s, p, s.cin, MaskedPass::WeightGrad)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
+    if (use_strip(s, p, MaskedPass::WeightGrad)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
     if (use_masked<T>(s, p, MaskedPass::WeightGrad)) return backward_weight_masked(s, p, x, dy, dvalues, dbias);
     if (rowpad_eligible(s) && s.w >= 16) return backward_weight_rowpad(s, p, x, dy, dvalues, dbias);
   }

@@ -266,8 +266,9 @@ std::vector<Conv2dShape> awkward_shapes() {
       // Batches that end in a partial image group (small maps are processed several images at a time).
       shape(6, 8, 8, 8, 5, 3, 3, 1, 1),   shape(13, 3, 5, 5, 4, 1, 1, 1, 0), shape(9, 4, 4, 4, 3, 3, 3, 1, 1),
       shape(7, 3, 9, 9, 2, 3, 3, 2, 1),
-      // Planes of 4 vectors (8×8, 4×16), odd batches: at 10% the row-padded pass (image pairs in one tap
-      // loop, then the last image alone), at 50% and 100% the batch-minor strip pass (one partial block of 16).
+      // Planes of 4 vectors (8×8, 4×16), odd batches: at 1% (and 10% on 4×16 but for its weight gradient) the
+      // row-padded pass (image pairs in one tap loop, then the last image alone), at 10% (8×8), 50% and 100%
+      // the batch-minor strip pass (one partial block of 16).
       shape(3, 48, 8, 8, 48, 3, 3, 1, 1), shape(5, 24, 4, 16, 40, 3, 3, 1, 1),
       // The strip passes over two image blocks (the second partial), non-square maps 8 and 16 wide, and source
       // channels in several L1 blocks.
