@@ -135,6 +135,9 @@ SparseKernelMode parse_sparse_kernel_mode(const std::string& s) {
 // - maps 8 and 16 wide (batch-minor strip kernels for all three passes): ResNet-20 32-32 16×16 (288 inputs
 //   per output) 0.93, ≥1; 64-64 8×8 (576) 0.71, 0.85 and VGG-11 64-128 16×16 (576) 0.66, 0.79; VGG-11
 //   128-256 8×8 and 16×16 (1152) 0.59, 0.71 and 0.61, 0.54; 256-256 8×8 (2304) 0.57, 0.58.
+//   After the strip passes' eight-image write-back (Zen 5, two rounds): VGG-11 128-256 8×8 0.685, 0.705
+//   (so 0.55 there: VGG-11's third conv keeps 0.52 of its weights under 90% global magnitude pruning),
+//   64-128 16×16 0.66, 0.70.
 // - elsewhere: VGG-11 512-512 4×4 0.42, 0.37, 2×2 0.39, 0.39; the stride-2 ResNet-20 entry 0.56, 0.41.
 // - Fashion-MNIST's 28×28 ResNet-20 (Zen 5, --densities 1.0,0.9,0.8,0.7,0.6,0.5, one round): on the half-row
 //   strips (rows of 32) the stem 1-16 28×28 and stage 1 16-16 28×28 ≥1 (at density 1: stem 2.2–3.9× in each
@@ -149,6 +152,7 @@ double sparse_kernel_crossover(int cin, int k, int stride, int width) {
   if (k != 3 || stride != 1) return 0.35;
   const int64_t fan_in = int64_t(cin) * k * k;
   if (fan_in <= 160) return 1.0;
+  if (width == 8 && fan_in > 640 && fan_in <= 1152) return 0.55;
   if (width == 8 || width == 16) return fan_in <= 320 ? 0.9 : fan_in <= 640 ? 0.65 : 0.5;
   if (width == 7 || width == 14 || width == 15) return fan_in <= 320 ? 0.7 : fan_in <= 640 ? 0.55 : 0.35;
   return 0.35;

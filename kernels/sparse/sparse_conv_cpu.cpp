@@ -1569,6 +1569,25 @@ void sort_taps(TapPlan& pl, size_t runs, const std::vector<int64_t>& run, const 
   }
 }
 
+// Source channels per block of the tiny-map passes: an L1's worth where that leaves many taps per
+// (destination channel, block) call, more (up to an L2 tile) where it would leave few. Every tap's vectors
+// are loads from the block, so a block in L2 holds them to L2 bandwidth: against L2-sized blocks throughout
+// (sparrow-bench-sparse-conv --threads 1 --clock cpu --layer 512-512, Zen 5 with 48 KB L1, 2 rounds),
+// 48 KB blocks ran VGG-11 512-512 4×4 at 31% in 0.57–0.82 of the time (all passes), at 10% 0.93–1.16, and
+// at 3% 1.5–1.9 (13 taps a call); so at least kTinyMinBlockTaps taps a call. On 2×2 maps (192-channel L1
+// blocks) the weight gradient ran 1.1–1.7× slower at 10–31% (the forward 0.7–1.05): those keep L2 blocks.
+constexpr int64_t kTinyL1Bytes = int64_t(48) << 10;
+constexpr double kTinyMinBlockTaps = 128.0;
+
+Tiling tiny_tiling(int P, int src_ch, double density) {
+  const int64_t per_channel = int64_t(P) * 16 * int64_t(sizeof(float));
+  const double taps = density * 9;
+  int64_t b = (P >= 16 ? kTinyL1Bytes : kL2TileBytes) / per_channel;
+  if (taps > 0) b = std::max<int64_t>(b, int64_t(std::ceil(kTinyMinBlockTaps / taps)));
+  b = std::clamp<int64_t>(b, 1, std::max<int64_t>(1, kL2TileBytes / per_channel));
+  return make_tiling<float>(int64_t(P) * 16, 0, 1, src_ch, 0.0, b * per_channel);
+}
+
 // Per destination channel, its taps (entries [ptr[c], ptr[c + 1]) of the caller's list, tap(k) = {source
 // channel, class}) in runs by (source block, class): run (c·nblk + b)·9 + cls, off the source channel's
 // offset in the batch-minor copy.
@@ -1576,7 +1595,7 @@ void sort_taps(TapPlan& pl, size_t runs, const std::vector<int64_t>& run, const 
 template <typename TapOf>
 TapPlan tiny_plan(int P, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap, double density) {
   TapPlan pl;
-  pl.t = make_tiling<float>(int64_t(P) * 16, 0, 1, src_ch, density * 9, kL2TileBytes);
+  pl.t = tiny_tiling(P, src_ch, density);
   const int nblk = pl.t.nblk;
   const int64_t nnz = ptr[size_t(dst_ch)];
   // Each tap's run and offset, computed once (tap(k) is an indirect lookup for the input gradient).

@@ -108,7 +108,9 @@ TEST(SparseKernelMode, AutoFollowsTheCrossover) {
   EXPECT_EQ(sparse_kernel_crossover(32, 3, 1), 0.35);  // width not known
   EXPECT_EQ(sparse_kernel_crossover(32, 3, 1, 16), 0.9);
   EXPECT_EQ(sparse_kernel_crossover(64, 3, 1, 8), 0.65);
-  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 8), 0.5);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 8), 0.55);
+  EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 16), 0.5);
+  EXPECT_EQ(sparse_kernel_crossover(256, 3, 1, 8), 0.5);
   EXPECT_EQ(sparse_kernel_crossover(128, 3, 1, 32), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(512, 3, 1, 4), 0.35);
   EXPECT_EQ(sparse_kernel_crossover(16, 3, 2, 16), 0.35);

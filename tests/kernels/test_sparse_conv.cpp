@@ -287,7 +287,7 @@ std::vector<Conv2dShape> awkward_shapes() {
       // vectors that span rows (12 and 10 wide), a 5×5 filter, and fewer output rows than input rows.
       shape(2, 5, 12, 12, 4, 3, 3, 1, 1), shape(1, 3, 8, 10, 4, 5, 5, 1, 2), shape(2, 4, 18, 8, 3, 3, 1, 1, 0),
       // 3×3 pad-1 filters on maps of at most 4×4: the tiny-map (batch-minor) path, with a batch that ends in
-      // a partial block of 16 images, batch 1, and 300 source channels (two 256 KB source blocks) for the
+      // a partial block of 16 images, batch 1, and 300 source channels (three to seven source blocks) for the
       // forward and weight gradient, then for the input gradient.
       shape(17, 40, 4, 4, 40, 3, 3, 1, 1), shape(1, 6, 2, 2, 5, 3, 3, 1, 1), shape(18, 5, 3, 3, 7, 3, 3, 1, 1),
       shape(3, 4, 1, 1, 6, 3, 3, 1, 1),    shape(3, 300, 4, 4, 4, 3, 3, 1, 1), shape(3, 4, 4, 4, 300, 3, 3, 1, 1),
