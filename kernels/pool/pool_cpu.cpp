@@ -3,6 +3,10 @@
 // (backward scatters stay inside their own plane, so no two threads write the same element).
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "engine/base/error.h"
 #include "kernels/pool/pool.h"
@@ -57,11 +61,62 @@ void max_pool2x2_forward(const Pool2dShape& s, const T* x, T* y, int32_t* argmax
     }
 }
 
+#if defined(__AVX512F__)
+// The same pool on float planes at most 32 wide whose output rows are a power of two ≤ 16 long (VGG's
+// 16×16, 8×8 and 4×4 maps, where the loop above has fewer than 16 outputs a row and runs scalar): 16
+// outputs come from 64 consecutive inputs (16 / ow output rows), so each of a window's four candidates is
+// one gather from four vectors by a fixed index (two permutes and a blend), and take_max's rule runs on
+// masks. Needs h·w even both ways and a whole number of 16-output groups per plane.
+bool max_pool2x2_avx512_eligible(const Pool2dShape& s) {
+  const int ow = s.ow();
+  return s.k == 2 && s.stride == 2 && s.pad == 0 && s.h % 2 == 0 && s.w % 2 == 0 && s.w <= 32 &&
+         16 % ow == 0 && (int64_t(s.oh()) * ow) % 16 == 0;
+}
+
+inline __m512 gather64(__m512 v0, __m512 v1, __m512 v2, __m512 v3, __m512i idx) {
+  const __m512 lo = _mm512_permutex2var_ps(v0, idx, v1), hi = _mm512_permutex2var_ps(v2, idx, v3);
+  return _mm512_mask_blend_ps(_mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
+}
+
+void max_pool2x2_forward_avx512(const Pool2dShape& s, const float* x, float* y, int32_t* argmax) {
+  const int ow = s.ow(), w = s.w;
+  const int64_t planes = int64_t(s.n) * s.c, in_plane = int64_t(s.h) * w, groups = int64_t(s.oh()) * ow / 16;
+  alignas(64) int32_t tl[16];
+  for (int i = 0; i < 16; ++i) tl[i] = (i / ow) * 2 * w + (i % ow) * 2;
+  const __m512i c0 = _mm512_load_si512(tl), c1 = _mm512_add_epi32(c0, _mm512_set1_epi32(1)),
+                c2 = _mm512_add_epi32(c0, _mm512_set1_epi32(w)), c3 = _mm512_add_epi32(c2, _mm512_set1_epi32(1));
+#pragma omp parallel for schedule(static) if (planes * in_plane > kParallelMin)
+  for (int64_t pl = 0; pl < planes; ++pl)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xs = x + pl * in_plane + g * 64;
+      const __m512 v0 = _mm512_loadu_ps(xs), v1 = _mm512_loadu_ps(xs + 16), v2 = _mm512_loadu_ps(xs + 32),
+                   v3 = _mm512_loadu_ps(xs + 48);
+      const __m512i base = _mm512_set1_epi32(int32_t(g * 64));
+      __m512 best = gather64(v0, v1, v2, v3, c0);
+      __m512i arg = _mm512_add_epi32(base, c0);
+      for (const __m512i c : {c1, c2, c3}) {  // take_max's order: r0[2ox + 1], r1[2ox], r1[2ox + 1]
+        const __m512 v = gather64(v0, v1, v2, v3, c);
+        const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
+                               (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
+        best = _mm512_mask_mov_ps(best, take, v);
+        arg = _mm512_mask_mov_epi32(arg, take, _mm512_add_epi32(base, c));
+      }
+      const int64_t o = (pl * groups + g) * 16;
+      _mm512_storeu_ps(y + o, best);
+      _mm512_storeu_si512(argmax + o, arg);
+    }
+}
+#endif
+
 }  // namespace
 
 template <typename T>
 void max_pool2d_forward_cpu(const Pool2dShape& s, const T* x, T* y, int32_t* argmax) {
   check_shape(s, "max_pool2d_forward_cpu");
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (max_pool2x2_avx512_eligible(s)) return max_pool2x2_forward_avx512(s, x, y, argmax);
+#endif
   if (s.k == 2 && s.stride == 2 && s.pad == 0) return max_pool2x2_forward(s, x, y, argmax);
   max_pool2d_forward_ref_cpu(s, x, y, argmax);
 }

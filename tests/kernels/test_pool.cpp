@@ -143,7 +143,12 @@ TEST(Pool, MaxPoolPropagatesNaN) {
 // included, bit for bit with the same argmax.
 TEST(Pool, MaxPool2x2FastPathMatchesReferenceOnTiesAndNaN) {
   const Pool2dShape shapes[] = {{1, 1, 2, 2, 2, 2, 0},  {2, 3, 7, 9, 2, 2, 0},   {3, 5, 33, 31, 2, 2, 0},
-                                {1, 2, 1024, 2, 2, 2, 0}, {128, 4, 16, 16, 2, 2, 0}, {1, 1, 3, 3, 2, 2, 0}};
+                                {1, 2, 1024, 2, 2, 2, 0}, {128, 4, 16, 16, 2, 2, 0}, {1, 1, 3, 3, 2, 2, 0},
+                                // VGG's 32-, 16- and 8-wide maps on the AVX-512 path (16 outputs from 64
+                                // inputs), non-square and 2-wide planes, and planes of fewer than 16 outputs
+                                // (4×4, 2×2) that keep the loop.
+                                {2, 3, 32, 32, 2, 2, 0},  {5, 7, 8, 8, 2, 2, 0},    {9, 6, 4, 4, 2, 2, 0},
+                                {3, 4, 16, 8, 2, 2, 0},   {4, 8, 2, 2, 2, 2, 0},    {2, 3, 64, 2, 2, 2, 0}};
   const float pool[] = {0.0f, 1.0f, 1.0f, -2.0f, NAN, INFINITY, -INFINITY, 3.0f};
   for (const auto& s : shapes) {
     SCOPED_TRACE(describe(s));
