@@ -1875,10 +1875,10 @@ bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, MaskedPass pass
 // off the tap's offset in the strip copy past the strip's first row (source channel plane + ky rows).
 
 template <int W, typename TapOf>
-TapPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
+TapPlan strip_plan(const MinorPlane& g, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
                    double density) {
   constexpr int R = 16 / W > 0 ? 16 / W : 1;
-  const int64_t plane = int64_t(strip_plane(s).hp + 2) * W * 16;
+  const int64_t plane = int64_t(g.hp + 2) * W * 16;
   TapPlan pl;
   pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
   const int nblk = pl.t.nblk;
@@ -1897,21 +1897,20 @@ TapPlan strip_plan(const Conv2dShape& s, int src_ch, int dst_ch, const std::vect
 
 // dst[n][c][p] = init(c) + Σ over c's taps of val·src[n][ch][p + (ky − 1)·W + kx − 1] (off the map: 0), for
 // the forward (src = x over the pattern's rows) and the input gradient (src = dy over its columns, the
-// filter flipped). tap(k) = {source channel, ky, kx} of the caller's entry k.
-template <int W, typename TapOf>
-void strip_pass(const Conv2dShape& s, int src_ch, int dst_ch, const float* src, const std::vector<int64_t>& ptr,
-                TapOf tap, const float* val_of_k, double density, const float* bias, float* dst,
-                ChannelMoments* moments, const char* op) {
-  const MinorPlane g = strip_plane(s);
+// filter flipped). tap(k) = {source channel, ky, kx} of the caller's entry k; g the destination plane, whose
+// geometry the source copy (copy_in(n0, count, xt): src_ch planes of g.hp + 2 rows) shares.
+template <int W, typename CopyIn, typename TapOf>
+void strip_pass(const Conv2dShape& s, const MinorPlane& g, int src_ch, int dst_ch, CopyIn copy_in,
+                const std::vector<int64_t>& ptr, TapOf tap, const float* val_of_k, double density, const float* bias,
+                float* dst, ChannelMoments* moments, const char* op) {
   const int strips = int(g.stored() / 16);
   const int64_t P = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
-  const TapPlan pl = strip_plan<W>(s, src_ch, dst_ch, ptr, tap, density);
+  const TapPlan pl = strip_plan<W>(g, src_ch, dst_ch, ptr, tap, density);
   const int nblk = pl.t.nblk;
   std::vector<float> val(pl.order.size());
   for (size_t i = 0; i < val.size(); ++i) val[i] = val_of_k[pl.order[i]];
   batch_minor_pass(
-      s, dst_ch, ptr, g, size_t(src_ch) * size_t(plane), dst, moments, op,
-      [&](int n0, int count, float* xt) { to_strip_copy(src, src_ch, g, n0, count, xt); },
+      s, dst_ch, ptr, g, size_t(src_ch) * size_t(plane), dst, moments, op, copy_in,
       [&](const float* xt, float* yt, int ca, int cb) {
         for (int b = 0; b < nblk; ++b)
           for (int st = 0; st < strips; ++st) with_strip_column<W>(st, [&](auto cb_) {
@@ -1946,9 +1945,11 @@ inline void with_strip_width(int w, F&& f) {
 void forward_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
                    const float* bias, float* y, ChannelMoments* moments) {
   auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  const MinorPlane g = strip_plane(s);
+  auto copy_in = [&](int n0, int count, float* xt) { to_strip_copy(x, s.cin, g, n0, count, xt); };
   with_strip_width(s.w, [&](auto w) {
-    strip_pass<decltype(w)::value>(s, s.cin, s.cout, x, p.row_ptr, tap, values, p.density(), bias, y, moments,
-                                   "sparse_conv2d_forward_cpu");
+    strip_pass<decltype(w)::value>(s, g, s.cin, s.cout, copy_in, p.row_ptr, tap, values, p.density(), bias, y,
+                                   moments, "sparse_conv2d_forward_cpu");
   });
 }
 
@@ -1959,9 +1960,11 @@ void backward_input_strip(const Conv2dShape& s, const SparseConvPattern& p, cons
     const int32_t k = p.col_entry[size_t(e)];
     return Tap{ct.row_of[size_t(k)], 2 - p.tap_ky[size_t(k)], 2 - p.tap_kx[size_t(k)]};
   };
+  const MinorPlane g = strip_plane(s);
+  auto copy_in = [&](int n0, int count, float* xt) { to_strip_copy(dy, s.cout, g, n0, count, xt); };
   with_strip_width(s.w, [&](auto w) {
-    strip_pass<decltype(w)::value>(s, s.cout, s.cin, dy, p.col_ptr, tap, ct.val.data(), p.density(), nullptr, dx,
-                                   nullptr, "sparse_conv2d_backward_input_cpu");
+    strip_pass<decltype(w)::value>(s, g, s.cout, s.cin, copy_in, p.col_ptr, tap, ct.val.data(), p.density(),
+                                   nullptr, dx, nullptr, "sparse_conv2d_backward_input_cpu");
   });
 }
 
@@ -2000,26 +2003,24 @@ SPARROW_ALWAYS_INLINE void strip_dots(const __m512* d, const float* src, const i
 // images, L1 block of input channels, strip, output channel) the strip's 16 dy vectors are held in
 // registers and each kept weight is one dot product against the strip copy of x; per-thread partial sums
 // reduced in thread order (WgradPartials), as the tiny-map weight gradient.
-template <int W>
-void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
-                             float* dvalues, float* dbias) {
-  const MinorPlane g = strip_plane(s);
+template <int W, typename CopyX, typename TapOf>
+void backward_weight_strip_w(const Conv2dShape& s, const MinorPlane& g, int src_ch, CopyX copy_x, TapOf tap,
+                             const SparseConvPattern& p, const float* dy, float* dvalues, float* dbias) {
   const int strips = int(g.stored() / 16);
   const int64_t P = g.pixels(), Pt = g.stored(), plane = int64_t(g.hp + 2) * W * 16;
-  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
-  const TapPlan pl = strip_plan<W>(s, s.cin, s.cout, p.row_ptr, tap, p.density());
+  const TapPlan pl = strip_plan<W>(g, src_ch, s.cout, p.row_ptr, tap, p.density());
   const int nblk = pl.t.nblk;
   const int blocks = (s.n + 15) / 16;
   const std::vector<double> prefix = cost_prefix(s.cout, p.row_ptr, 1);
   WgradPartials<float> sums(p.nnz, s.cout, dbias != nullptr);
   parallel_ranges(blocks, prefix, [&](int tid, int parts, int64_t first, int64_t last) {
     float* acc = sums.values(tid, parts);
-    float* xt = thread_scratch<float>(size_t(s.cin) * size_t(plane), 0);
+    float* xt = thread_scratch<float>(size_t(src_ch) * size_t(plane), 0);
     float* dyt = thread_scratch<float>(size_t(s.cout) * size_t(Pt) * 16, 1);
     double* dbt = sums.bias(tid);
     for_each_group(first, last, s.cout, [&](int grp, int ca, int cb) {
       const int n0 = grp * 16, count = std::min(16, s.n - n0);
-      to_strip_copy(x, s.cin, g, n0, count, xt);
+      copy_x(n0, count, xt);
       to_batch_minor(dy, s.cout, g, n0, count, dyt);  // padding zero: it adds nothing to the dot products
       if (dbt)
         for (int l = 0; l < count; ++l)
@@ -2048,8 +2049,82 @@ void backward_weight_strip_w(const Conv2dShape& s, const SparseConvPattern& p, c
 
 void backward_weight_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                            float* dvalues, float* dbias) {
-  with_strip_width(s.w, [&](auto w) { backward_weight_strip_w<decltype(w)::value>(s, p, x, dy, dvalues, dbias); });
+  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  const MinorPlane g = strip_plane(s);
+  auto copy_x = [&](int n0, int count, float* xt) { to_strip_copy(x, s.cin, g, n0, count, xt); };
+  with_strip_width(s.w, [&](auto w) {
+    backward_weight_strip_w<decltype(w)::value>(s, g, s.cin, copy_x, tap, p, dy, dvalues, dbias);
+  });
 }
+
+// Stride-2 strips (the forward and the weight gradient of 3×3 pad-1 stride-2 layers on even maps whose
+// output is 7, 8, 14 or 16 wide: ResNet's stage entries): x split into its four stride phases (even/odd
+// rows × even/odd columns), each laid out as the strip copy of an output-sized plane, so a tap (ky, kx)
+// reads phase ((ky + 1) mod 2, (kx + 1) mod 2) of its channel shifted by −1 or 0 rows and columns (ky = 0
+// reads the odd rows one up). The taps become those of a 2×2 stride-1 filter over 4·cin source planes and
+// run through the stride-1 passes unchanged. The input gradient keeps the general path. Against the
+// general passes (sparrow-bench-sparse-conv --threads 1 --clock cpu --layer " s2", 2 rounds): ResNet-20
+// 16-32 32×32 and 32-64 16×16 at 2–60% 0.48–0.77 in both passes, Fashion-MNIST's 16-32 28×28 and 32-64
+// 14×14 0.53–0.95; so whenever eligible.
+MinorPlane strip_plane_s2(const Conv2dShape& s) {
+  const int pitch = strip_pitch(s.ow()), r = strip_rows(pitch);
+  return MinorPlane{s.oh(), s.ow(), pitch, (s.oh() + r - 1) / r * r};
+}
+
+bool strip_s2_eligible(const Conv2dShape& s) {
+  if (!(s.stride == 2 && s.kh == 3 && s.kw == 3 && s.pad == 1 && s.h % 2 == 0 && s.w % 2 == 0)) return false;
+  const int pitch = strip_pitch(s.ow());
+  if (pitch != 8 && pitch != 16) return false;
+  const MinorPlane g = strip_plane_s2(s);
+  return int64_t(4) * std::max(s.cin, s.cout) * (g.hp + 2) * g.pitch * 16 < INT32_MAX;
+}
+
+inline Tap strip_s2_tap(int ci, int ky, int kx) {
+  return Tap{ci * 4 + (ky == 1 ? 0 : 2) + (kx == 1 ? 0 : 1), ky == 0 ? 0 : 1, kx == 0 ? 0 : 1};
+}
+
+// Images [n0, n0 + count) of x (N × cin × h × w) into the phase strip copy: plane ci·4 + py·2 + px holds
+// x[2·qy + py][2·qx + px] at data row qy (rows 1..oh of g.hp + 2), zero elsewhere.
+void to_strip_copy_s2(const Conv2dShape& s, const float* x, const MinorPlane& g, int n0, int count, float* dst) {
+  const int64_t hw = int64_t(s.h) * s.w, row = int64_t(g.pitch) * 16, plane = (g.hp + 2) * row;
+  alignas(64) float tmp[16 * 16];
+  for (int ci = 0; ci < s.cin; ++ci)
+    for (int ph = 0; ph < 4; ++ph) {
+      const int py = ph / 2, px = ph % 2;
+      float* d = dst + (int64_t(ci) * 4 + ph) * plane;
+      zero_row(d, plane);
+      const int nq = std::min(g.w, (s.w - px + 1) / 2);
+      for (int qy = 0; qy < g.h; ++qy) {
+        const int r = 2 * qy + py;
+        if (r >= s.h) break;
+        for (int l = 0; l < count; ++l)
+          copy_strided(tmp + l * 16, x + (int64_t(n0 + l) * s.cin + ci) * hw + int64_t(r) * s.w + px, nq, 2);
+        transpose_matrix<float>(count, nq, tmp, 16, d + (qy + 1) * row, 16);
+      }
+    }
+}
+
+void forward_strip_s2(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
+                      const float* bias, float* y, ChannelMoments* moments) {
+  auto tap = [&](int64_t k) { return strip_s2_tap(p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]); };
+  const MinorPlane g = strip_plane_s2(s);
+  auto copy_in = [&](int n0, int count, float* xt) { to_strip_copy_s2(s, x, g, n0, count, xt); };
+  with_strip_width(s.ow(), [&](auto w) {
+    strip_pass<decltype(w)::value>(s, g, 4 * s.cin, s.cout, copy_in, p.row_ptr, tap, values, p.density(), bias, y,
+                                   moments, "sparse_conv2d_forward_cpu");
+  });
+}
+
+void backward_weight_strip_s2(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
+                              float* dvalues, float* dbias) {
+  auto tap = [&](int64_t k) { return strip_s2_tap(p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]); };
+  const MinorPlane g = strip_plane_s2(s);
+  auto copy_x = [&](int n0, int count, float* xt) { to_strip_copy_s2(s, x, g, n0, count, xt); };
+  with_strip_width(s.ow(), [&](auto w) {
+    backward_weight_strip_w<decltype(w)::value>(s, g, 4 * s.cin, copy_x, tap, p, dy, dvalues, dbias);
+  });
+}
+
 #endif
 
 }  // namespace
@@ -2201,6 +2276,7 @@ void sparse_conv2d_forward_cpu(const Conv2dShape& s, const SparseConvPattern& p,
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return forward_tiny(s, p, values, x, bias, y, moments);
     if (use_strip(s, p, MaskedPass::Forward)) return forward_strip(s, p, values, x, bias, y, moments);
+    if (strip_s2_eligible(s)) return forward_strip_s2(s, p, values, x, bias, y, moments);
     if (use_masked<T>(s, p, MaskedPass::Forward)) return forward_masked(s, p, values, x, bias, y, moments);
     if (rowpad_eligible(s)) return forward_rowpad(s, p, values, x, bias, y, moments);
   }
@@ -2351,6 +2427,7 @@ void sparse_conv2d_backward_weight_cpu(const Conv2dShape& s, const SparseConvPat
   if constexpr (std::is_same_v<T, float>) {
     if (tiny_eligible(s)) return backward_weight_tiny(s, p, x, dy, dvalues, dbias);
     if (use_strip(s, p, MaskedPass::WeightGrad)) return backward_weight_strip(s, p, x, dy, dvalues, dbias);
+    if (strip_s2_eligible(s)) return backward_weight_strip_s2(s, p, x, dy, dvalues, dbias);
     if (use_masked<T>(s, p, MaskedPass::WeightGrad)) return backward_weight_masked(s, p, x, dy, dvalues, dbias);
     if (rowpad_eligible(s) && s.w >= 16) return backward_weight_rowpad(s, p, x, dy, dvalues, dbias);
   }
