@@ -20,29 +20,33 @@ SPARROW_ALWAYS_INLINE void transpose_tile8(const T* s, int64_t lds, T* d, int64_
 }
 
 #if defined(__AVX2__)
-// The float tile in registers (unpack / shuffle / lane permute): about twice as fast as the loops above,
-// which the compiler leaves as scalar moves; with those the transposes were ~15% of a CIFAR conv's time, and
-// VGG's 32×32 maps ran at a fifth of this speed in the BSR ops (power-of-two strides thrash L1).
-SPARROW_ALWAYS_INLINE void transpose_tile8(const float* s, int64_t lds, float* d, int64_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * lds);
+// Rows r[0..7] of an 8×8 float tile in registers become its columns: column c in r[c] (unpack / shuffle /
+// lane permute).
+SPARROW_ALWAYS_INLINE void transpose8_regs(__m256* r) {
+  __m256 t[8];
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
   }
   // u0..u7 as rows {0,1,2,3} × {lo, hi} of each 4-row half; then the 128-bit halves are recombined.
-  r[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
-  r[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-  r[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
-  r[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-  r[4] = _mm256_shuffle_ps(t[4], t[6], 0x44);
-  r[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-  r[6] = _mm256_shuffle_ps(t[5], t[7], 0x44);
-  r[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
+  const __m256 u[8] = {_mm256_shuffle_ps(t[0], t[2], 0x44), _mm256_shuffle_ps(t[0], t[2], 0xEE),
+                       _mm256_shuffle_ps(t[1], t[3], 0x44), _mm256_shuffle_ps(t[1], t[3], 0xEE),
+                       _mm256_shuffle_ps(t[4], t[6], 0x44), _mm256_shuffle_ps(t[4], t[6], 0xEE),
+                       _mm256_shuffle_ps(t[5], t[7], 0x44), _mm256_shuffle_ps(t[5], t[7], 0xEE)};
   for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(d + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(d + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
   }
+}
+
+// The float tile through those registers: about twice as fast as the loops above, which the compiler leaves
+// as scalar moves; with those the transposes were ~15% of a CIFAR conv's time, and VGG's 32×32 maps ran at a
+// fifth of this speed in the BSR ops (power-of-two strides thrash L1).
+SPARROW_ALWAYS_INLINE void transpose_tile8(const float* s, int64_t lds, float* d, int64_t ldd) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * lds);
+  transpose8_regs(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(d + i * ldd, r[i]);
 }
 #endif
 
@@ -56,29 +60,15 @@ SPARROW_ALWAYS_INLINE void transpose_tile8(const float* s, int64_t lds, float* d
 SPARROW_ALWAYS_INLINE void transpose_tile8_masked(const float* s, int64_t lds, float* d, int64_t ldd, int rn,
                                                   int cn) {
   const __mmask8 cm = __mmask8((1u << cn) - 1), rm = __mmask8((1u << rn) - 1);
-  __m256 r[8], t[8];
+  __m256 r[8];
   for (int i = 0; i < 8; ++i) r[i] = i < rn ? _mm256_maskz_loadu_ps(cm, s + i * lds) : _mm256_setzero_ps();
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  r[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
-  r[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
-  r[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
-  r[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
-  r[4] = _mm256_shuffle_ps(t[4], t[6], 0x44);
-  r[5] = _mm256_shuffle_ps(t[4], t[6], 0xEE);
-  r[6] = _mm256_shuffle_ps(t[5], t[7], 0x44);
-  r[7] = _mm256_shuffle_ps(t[5], t[7], 0xEE);
-  for (int i = 0; i < 4; ++i) {
-    if (i < cn) _mm256_mask_storeu_ps(d + i * ldd, rm, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    if (i + 4 < cn) _mm256_mask_storeu_ps(d + (i + 4) * ldd, rm, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
+  transpose8_regs(r);
+  for (int i = 0; i < cn; ++i) _mm256_mask_storeu_ps(d + i * ldd, rm, r[i]);
 }
 #endif
 
 // dst (cols × rows, leading dim ldd) = srcᵀ, src rows × cols with leading dim lds, in 8×8 tiles (partial
-// tiles at the edges as loops): 8 source rows stay within L1 associativity even when lds is a power of two
+// tiles at the edges masked on AVX-512VL, as loops otherwise): 8 source rows stay within L1 associativity even when lds is a power of two
 // (16-row tiles thrashed at lds = 1024).
 template <typename T>
 inline void transpose_matrix(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
