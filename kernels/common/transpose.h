@@ -68,8 +68,8 @@ SPARROW_ALWAYS_INLINE void transpose_tile8_masked(const float* s, int64_t lds, f
 #endif
 
 // dst (cols × rows, leading dim ldd) = srcᵀ, src rows × cols with leading dim lds, in 8×8 tiles (partial
-// tiles at the edges masked on AVX-512VL, as loops otherwise): 8 source rows stay within L1 associativity even when lds is a power of two
-// (16-row tiles thrashed at lds = 1024).
+// tiles at the edges masked on AVX-512VL, as loops otherwise): 8 source rows stay within L1 associativity
+// even when lds is a power of two (16-row tiles thrashed at lds = 1024).
 template <typename T>
 inline void transpose_matrix(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
   constexpr int64_t kTile = 8;

@@ -1191,11 +1191,14 @@ struct Tap {
   int ch, ky, kx;
 };
 
+// {source channel, ky, kx} of kept weight k, for the passes over the pattern's rows.
+inline Tap row_tap(const SparseConvPattern& p, int64_t k) {
+  return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]};
+}
+
 void forward_rowpad(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
                     const float* bias, float* y, ChannelMoments* moments) {
-  auto tap = [&](int64_t k) {
-    return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]};
-  };
+  auto tap = [&](int64_t k) { return row_tap(p, k); };
   rowpad_pass(s, s.cin, s.cout, x, p.row_ptr, tap, values, p.density(), bias, y, moments,
               "sparse_conv2d_forward_cpu");
 }
@@ -1766,8 +1769,9 @@ void backward_weight_tiny(const Conv2dShape& s, const SparseConvPattern& p, cons
 // registers. The copy [channel][1 + H + 1 rows][W][16 images] has a zero row above and below each plane, so
 // the row a kept weight (ky, kx) reads is one offset (ky·W·16 past the strip's first row) and only the
 // columns that fall off the map depend on it, at compile time through kx. The output is computed in strips
-// of 16 pixels (16 accumulators in registers): 16 / W rows, or half a row of 32. Source channels are blocked so that one strip's
-// rows of a block stay in L1 while every destination channel of the range runs its taps over them (a
+// of 16 pixels (16 accumulators in registers): 16 / W rows, or half a row of 32. Source channels are
+// blocked so that one strip's rows of a block stay in L1 while every destination channel of the range runs
+// its taps over them (a
 // strip of an 8-wide map reads 4 rows of 8 pixels: 2 KB per channel). The row-padded pass it replaces is
 // bound by unaligned loads (two of every three taps' vectors split a cache line); when, in use_strip. All
 // three passes: the weight gradient holds a strip's 16 dy vectors in registers and takes one dot product
@@ -1781,7 +1785,7 @@ int strip_pitch(int w) {
 }
 
 // Rows of a strip (one for the half-row strips).
-inline int strip_rows(int pitch) { return std::max(1, 16 / pitch); }
+constexpr int strip_rows(int pitch) { return pitch < 16 ? 16 / pitch : 1; }
 
 MinorPlane strip_plane(const Conv2dShape& s) {
   const int pitch = strip_pitch(s.w), r = strip_rows(pitch);
@@ -1877,7 +1881,7 @@ bool use_strip(const Conv2dShape& s, const SparseConvPattern& p, MaskedPass pass
 template <int W, typename TapOf>
 TapPlan strip_plan(const MinorPlane& g, int src_ch, int dst_ch, const std::vector<int64_t>& ptr, TapOf tap,
                    double density) {
-  constexpr int R = 16 / W > 0 ? 16 / W : 1;
+  constexpr int R = strip_rows(W);
   const int64_t plane = int64_t(g.hp + 2) * W * 16;
   TapPlan pl;
   pl.t = make_tiling<float>(int64_t(R + 2) * W * 16, 0, 1, src_ch, density * 9);
@@ -1944,7 +1948,7 @@ inline void with_strip_width(int w, F&& f) {
 
 void forward_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
                    const float* bias, float* y, ChannelMoments* moments) {
-  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  auto tap = [&](int64_t k) { return row_tap(p, k); };
   const MinorPlane g = strip_plane(s);
   auto copy_in = [&](int n0, int count, float* xt) { to_strip_copy(x, s.cin, g, n0, count, xt); };
   with_strip_width(s.w, [&](auto w) {
@@ -2049,7 +2053,7 @@ void backward_weight_strip_w(const Conv2dShape& s, const MinorPlane& g, int src_
 
 void backward_weight_strip(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                            float* dvalues, float* dbias) {
-  auto tap = [&](int64_t k) { return Tap{p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]}; };
+  auto tap = [&](int64_t k) { return row_tap(p, k); };
   const MinorPlane g = strip_plane(s);
   auto copy_x = [&](int n0, int count, float* xt) { to_strip_copy(x, s.cin, g, n0, count, xt); };
   with_strip_width(s.w, [&](auto w) {
@@ -2079,12 +2083,14 @@ bool strip_s2_eligible(const Conv2dShape& s) {
   return int64_t(4) * std::max(s.cin, s.cout) * (g.hp + 2) * g.pitch * 16 < INT32_MAX;
 }
 
-inline Tap strip_s2_tap(int ci, int ky, int kx) {
-  return Tap{ci * 4 + (ky == 1 ? 0 : 2) + (kx == 1 ? 0 : 1), ky == 0 ? 0 : 1, kx == 0 ? 0 : 1};
+inline Tap strip_s2_tap(const SparseConvPattern& p, int64_t k) {
+  const Tap t = row_tap(p, k);
+  return Tap{t.ch * 4 + (t.ky == 1 ? 0 : 2) + (t.kx == 1 ? 0 : 1), t.ky == 0 ? 0 : 1, t.kx == 0 ? 0 : 1};
 }
 
 // Images [n0, n0 + count) of x (N × cin × h × w) into the phase strip copy: plane ci·4 + py·2 + px holds
-// x[2·qy + py][2·qx + px] at data row qy (rows 1..oh of g.hp + 2), zero elsewhere.
+// x[2·qy + py][2·qx + px] at data row qy (rows 1..oh of g.hp + 2), zero elsewhere. The map is even, so
+// every phase is exactly oh × ow (= h/2 × w/2).
 void to_strip_copy_s2(const Conv2dShape& s, const float* x, const MinorPlane& g, int n0, int count, float* dst) {
   const int64_t hw = int64_t(s.h) * s.w, row = int64_t(g.pitch) * 16, plane = (g.hp + 2) * row;
   alignas(64) float tmp[16 * 16];
@@ -2093,20 +2099,17 @@ void to_strip_copy_s2(const Conv2dShape& s, const float* x, const MinorPlane& g,
       const int py = ph / 2, px = ph % 2;
       float* d = dst + (int64_t(ci) * 4 + ph) * plane;
       zero_row(d, plane);
-      const int nq = std::min(g.w, (s.w - px + 1) / 2);
       for (int qy = 0; qy < g.h; ++qy) {
-        const int r = 2 * qy + py;
-        if (r >= s.h) break;
-        for (int l = 0; l < count; ++l)
-          copy_strided(tmp + l * 16, x + (int64_t(n0 + l) * s.cin + ci) * hw + int64_t(r) * s.w + px, nq, 2);
-        transpose_matrix<float>(count, nq, tmp, 16, d + (qy + 1) * row, 16);
+        const float* xr = x + int64_t(2 * qy + py) * s.w + px;
+        for (int l = 0; l < count; ++l) copy_strided(tmp + l * 16, xr + (int64_t(n0 + l) * s.cin + ci) * hw, g.w, 2);
+        transpose_matrix<float>(count, g.w, tmp, 16, d + (qy + 1) * row, 16);
       }
     }
 }
 
 void forward_strip_s2(const Conv2dShape& s, const SparseConvPattern& p, const float* values, const float* x,
                       const float* bias, float* y, ChannelMoments* moments) {
-  auto tap = [&](int64_t k) { return strip_s2_tap(p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]); };
+  auto tap = [&](int64_t k) { return strip_s2_tap(p, k); };
   const MinorPlane g = strip_plane_s2(s);
   auto copy_in = [&](int n0, int count, float* xt) { to_strip_copy_s2(s, x, g, n0, count, xt); };
   with_strip_width(s.ow(), [&](auto w) {
@@ -2117,7 +2120,7 @@ void forward_strip_s2(const Conv2dShape& s, const SparseConvPattern& p, const fl
 
 void backward_weight_strip_s2(const Conv2dShape& s, const SparseConvPattern& p, const float* x, const float* dy,
                               float* dvalues, float* dbias) {
-  auto tap = [&](int64_t k) { return strip_s2_tap(p.tap_ci[size_t(k)], p.tap_ky[size_t(k)], p.tap_kx[size_t(k)]); };
+  auto tap = [&](int64_t k) { return strip_s2_tap(p, k); };
   const MinorPlane g = strip_plane_s2(s);
   auto copy_x = [&](int n0, int count, float* xt) { to_strip_copy_s2(s, x, g, n0, count, xt); };
   with_strip_width(s.ow(), [&](auto w) {

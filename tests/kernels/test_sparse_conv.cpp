@@ -282,8 +282,8 @@ std::vector<Conv2dShape> awkward_shapes() {
       shape(17, 20, 5, 29, 12, 3, 3, 1, 1), shape(3, 9, 6, 32, 8, 3, 3, 1, 1), shape(2, 6, 3, 31, 5, 3, 3, 1, 1),
       shape(18, 4, 1, 30, 3, 3, 3, 1, 1),
       // Stride-2 strips (forward and weight gradient over x's four stride phases): outputs 8, 14 and 7 wide,
-      // non-square, over two image blocks and several L1 blocks of phase planes; the odd map keeps the
-      // general path.
+      // non-square, over two image blocks and several L1 blocks of phase planes (odd stride-2 maps above
+      // keep the general path).
       shape(17, 20, 12, 16, 24, 3, 3, 2, 1), shape(3, 9, 14, 28, 8, 3, 3, 2, 1), shape(18, 6, 14, 14, 5, 3, 3, 2, 1),
       // Small maps, large batch: the forward's aligned (column-shifted copies) layout.
       shape(32, 4, 4, 4, 3, 3, 3, 1, 1),  shape(20, 5, 2, 3, 6, 3, 3, 1, 1),
